@@ -1,0 +1,130 @@
+//! A content-addressed cache of prepared modules.
+//!
+//! Entries live under `<dir>/prepared/<original digest>-<transform>.wasm` plus a
+//! small `.meta` file naming the transform version. A cache entry is written
+//! atomically (temp file + rename), so concurrent `tern run`s never see half a
+//! module.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{digest, hex, prepare, Options, PrepareError, Prepared, TransformId};
+
+/// Why the cache failed (preparing itself may fail with [`PrepareError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Preparing the module failed.
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    /// The cache directory could not be written.
+    #[error("writing the prepare cache at {path} failed: {source}")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `$XDG_CACHE_HOME/tern`, else `$HOME/.cache/tern`, else a temp dir.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TERN_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("tern");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".cache").join("tern");
+    }
+    std::env::temp_dir().join("tern-cache")
+}
+
+/// The prepare cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// A cache rooted at `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Cache { dir: dir.into() }
+    }
+
+    /// The cache's root directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry(
+        &self,
+        original_digest: &[u8; 32],
+        opts: &Options,
+    ) -> Result<(PathBuf, String), PrepareError> {
+        let version = crate::asyncify::transform_version(&opts.wasm_opt, opts.opt_level)?;
+        let name = crate::asyncify::TRANSFORM_NAME;
+        let key = format!("{}-{}-{}", hex(original_digest), name, sanitize(&version));
+        Ok((
+            self.dir.join("prepared").join(format!("{key}.wasm")),
+            version,
+        ))
+    }
+
+    /// True when the prepared form of `wasm` (with default options) is cached.
+    pub fn is_cached(&self, wasm: &[u8]) -> bool {
+        self.entry(&digest(wasm), &Options::default())
+            .map(|(p, _)| p.is_file())
+            .unwrap_or(false)
+    }
+
+    /// Returns the prepared form of `wasm`, from the cache when present.
+    pub fn prepare(&self, wasm: &[u8], opts: &Options) -> Result<Prepared, CacheError> {
+        let original_digest = digest(wasm);
+        let (path, version) = self.entry(&original_digest, opts)?;
+        let name = crate::asyncify::TRANSFORM_NAME;
+        if let Ok(module) = std::fs::read(&path) {
+            // A damaged entry is simply rebuilt.
+            if crate::check::check_prepared(&module).is_ok() {
+                return Ok(Prepared {
+                    prepared_digest: digest(&module),
+                    module,
+                    original_digest,
+                    transform: TransformId {
+                        name: name.to_string(),
+                        version,
+                    },
+                });
+            }
+        }
+        let prepared = prepare(wasm, opts)?;
+        write_atomic(&path, &prepared.module).map_err(|source| CacheError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(prepared)
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
