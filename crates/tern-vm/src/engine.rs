@@ -1,0 +1,91 @@
+//! The wasmtime engine Tern runs every guest on, and its compile cache.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use wasmtime::{Config, Engine, Linker, Module, OptLevel};
+
+use crate::memory::TernMemoryCreator;
+use crate::store::StoreData;
+use crate::VmError;
+
+/// Most native stack a guest's WebAssembly frames may use.
+pub const MAX_WASM_STACK: usize = 4 << 20;
+/// Stack size for threads that run guests (the main thread has 8 MiB).
+pub const GUEST_THREAD_STACK: usize = 8 << 20;
+
+/// One engine and linker per process, shared by every guest.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Arc<Linker<StoreData>>,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// A runtime caching compiled modules under `cache_dir` (none: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, VmError> {
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_init_cow(false)
+            .with_host_memory(Arc::new(TernMemoryCreator))
+            .cranelift_opt_level(OptLevel::Speed)
+            // Prepared code uses more stack per frame than the original
+            // (Asyncify adds locals), so allow deep recursion a bigger stack.
+            // Threads running guests need at least GUEST_THREAD_STACK.
+            .async_stack_size(MAX_WASM_STACK + (1 << 20))
+            .max_wasm_stack(MAX_WASM_STACK)
+            // Traps are reported in one line; backtraces only add noise.
+            .wasm_backtrace(false);
+        // Under qemu-user (the aarch64 board stand-in) wasmtime's parallel
+        // compilation hangs; a real board has few cores anyway.
+        if cfg!(target_arch = "aarch64") || std::env::var_os("TERN_SERIAL_COMPILE").is_some() {
+            config.parallel_compilation(false);
+        }
+        let engine = Engine::new(&config).map_err(|e| VmError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        crate::wasi::add_to_linker(&mut linker).map_err(|e| VmError::Engine(e.to_string()))?;
+        crate::guest::add_yield_to_linker(&mut linker)
+            .map_err(|e| VmError::Engine(e.to_string()))?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn cache_path(&self, digest: &[u8; 32]) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let name = format!("{}-{:016x}.cwasm", tern_prepare::hex(digest), h.finish());
+        Some(dir.join("compiled").join(name))
+    }
+
+    /// Compiles a prepared module whose BLAKE3 digest is `digest`, reusing
+    /// the compiled code cached from an earlier run when there is one.
+    pub fn compile(&self, prepared: &[u8], digest: &[u8; 32]) -> Result<Module, VmError> {
+        let path = self.cache_path(digest);
+        if let Some(path) = &path {
+            if let Some(module) = crate::precompiled::load(&self.engine, path) {
+                return Ok(module);
+            }
+        }
+        let module =
+            Module::new(&self.engine, prepared).map_err(|e| VmError::Compile(e.to_string()))?;
+        if let Some(path) = &path {
+            // A cache that cannot be written only costs time next run.
+            if let Ok(bytes) = module.serialize() {
+                let _ = crate::precompiled::store(path, &bytes);
+            }
+        }
+        Ok(module)
+    }
+}

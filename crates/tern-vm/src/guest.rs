@@ -1,0 +1,498 @@
+//! A guest: one running (or paused) instance of a prepared module.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tern_image::{Global as SavedGlobal, GlobalValue, ImageRef, ImageView, Meta, TransformId};
+use tern_prepare::{Prepared, GLOBAL_EXPORT_PREFIX, PAUSE_EXPORT};
+use wasmtime::{
+    Caller, Engine, Global, Instance, Linker, Memory, Module, Store, TypedFunc, UpdateDeadline, Val,
+};
+
+use crate::engine::Runtime;
+use crate::host::SavedHost;
+use crate::store::{Control, StoreData};
+use crate::suspend::{self, AsyncifyFns, Entry, PendingCall};
+use crate::wasi::{GuestExit, OutputSink, WasiCtx};
+use crate::VmError;
+
+/// How a call to [`Guest::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest exited with this status.
+    Exited(i32),
+    /// The guest is paused at a migration point; it can be captured and
+    /// resumed (here with [`Guest::run`] again, or elsewhere from its image).
+    Paused,
+}
+
+/// Asks a running guest to pause at its next migration point. `Send + Sync`.
+#[derive(Clone)]
+pub struct PauseHandle {
+    control: Arc<Control>,
+    engine: Engine,
+}
+
+impl PauseHandle {
+    /// Requests the pause; the guest's [`Guest::run`] then returns
+    /// [`Outcome::Paused`] (or the guest exits first).
+    pub fn request(&self) {
+        self.control.set_pause(true);
+        // Every running guest on this engine checks its deadline at the next
+        // function entry or loop header; ours then raises its pause flag.
+        self.engine.increment_epoch();
+    }
+}
+
+/// What capture wrote.
+#[derive(Debug, Clone)]
+pub struct CaptureStats {
+    /// Bytes of the image.
+    pub image_bytes: u64,
+    /// Linear memory size in bytes.
+    pub memory_bytes: u64,
+    /// Non-zero 4 KiB pages stored.
+    pub pages: u64,
+    /// Bytes of the unwound stack.
+    pub stack_bytes: u64,
+}
+
+/// A guest instance.
+pub struct Guest {
+    store: Store<StoreData>,
+    engine: Engine,
+    start: TypedFunc<(), ()>,
+    memory: Memory,
+    pause_flag: Option<Global>,
+    globals: Vec<(String, Global)>,
+    module: Arc<[u8]>,
+    transform: TransformId,
+    original_digest: [u8; 32],
+    prepared_digest: [u8; 32],
+    guest_id: String,
+    generation: u64,
+    /// The unwound stack and the call it left, while paused or before the
+    /// first run after a restore.
+    parked: Option<(Vec<u8>, PendingCall)>,
+    exited: Option<i32>,
+}
+
+/// Registers Tern's migration point, `tern.yield`.
+pub(crate) fn add_yield_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        tern_prepare::YIELD_IMPORT.0,
+        tern_prepare::YIELD_IMPORT.1,
+        |mut caller: Caller<'_, StoreData>| -> wasmtime::Result<()> {
+            match suspend::enter_import(&mut caller)? {
+                Entry::Rewound(_) => Ok(()),
+                Entry::Fresh => {
+                    if caller.data().pause_requested() {
+                        suspend::suspend(&mut caller, PendingCall::Yield)
+                    } else {
+                        // Raised for a pause that was withdrawn: lower it.
+                        if let Some(wasmtime::Extern::Global(g)) = caller.get_export(PAUSE_EXPORT) {
+                            g.set(&mut caller, Val::I32(0))?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        },
+    )?;
+    Ok(())
+}
+
+fn new_guest_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let h = blake3::hash(format!("{nanos}-{}", std::process::id()).as_bytes());
+    tern_prepare::hex(&h.as_bytes()[..6])
+}
+
+fn export_func<P, R>(
+    instance: &Instance,
+    store: &mut Store<StoreData>,
+    name: &str,
+) -> Result<TypedFunc<P, R>, VmError>
+where
+    P: wasmtime::WasmParams,
+    R: wasmtime::WasmResults,
+{
+    instance
+        .get_typed_func::<P, R>(&mut *store, name)
+        .map_err(|_| VmError::NotPrepared(format!("no usable export `{name}`")))
+}
+
+impl Guest {
+    fn instantiate(
+        rt: &Runtime,
+        module: &Module,
+        wasi: WasiCtx,
+    ) -> Result<(Store<StoreData>, Instance), VmError> {
+        let mut store = Store::new(&rt.engine, StoreData::new(wasi));
+        // A start function may run during instantiation: never interrupt it.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
+        let instance = rt
+            .linker
+            .instantiate(&mut store, module)
+            .map_err(|e| VmError::Instantiate(e.to_string()))?;
+        Ok((store, instance))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        mut store: Store<StoreData>,
+        instance: Instance,
+        engine: Engine,
+        module: Arc<[u8]>,
+        transform: TransformId,
+        original_digest: [u8; 32],
+        prepared_digest: [u8; 32],
+        guest_id: String,
+    ) -> Result<Guest, VmError> {
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| VmError::NotPrepared("no exported memory".into()))?;
+        let pause_flag = instance.get_global(&mut store, PAUSE_EXPORT);
+        let fns = match pause_flag {
+            Some(_) => Some(AsyncifyFns {
+                memory,
+                start_unwind: export_func(&instance, &mut store, "asyncify_start_unwind")?,
+                stop_unwind: export_func(&instance, &mut store, "asyncify_stop_unwind")?,
+                start_rewind: export_func(&instance, &mut store, "asyncify_start_rewind")?,
+                stop_rewind: export_func(&instance, &mut store, "asyncify_stop_rewind")?,
+                get_state: export_func(&instance, &mut store, "asyncify_get_state")?,
+            }),
+            None => None,
+        };
+        let start = export_func(&instance, &mut store, "_start")?;
+        let mut globals = Vec::new();
+        let exports: Vec<String> = instance
+            .exports(&mut store)
+            .map(|e| e.name().to_string())
+            .collect();
+        for name in exports {
+            if name.starts_with(GLOBAL_EXPORT_PREFIX) {
+                if let Some(g) = instance.get_global(&mut store, &name) {
+                    globals.push((name, g));
+                }
+            }
+        }
+        globals.sort_by(|a, b| a.0.cmp(&b.0));
+        store.data_mut().suspend.fns = fns;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut cx| {
+            if let (true, Some(flag)) = (cx.data().pause_requested(), pause_flag) {
+                flag.set(&mut cx, Val::I32(1))?;
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
+        Ok(Guest {
+            store,
+            engine,
+            start,
+            memory,
+            pause_flag,
+            globals,
+            module,
+            transform,
+            original_digest,
+            prepared_digest,
+            guest_id,
+            generation: 0,
+            parked: None,
+            exited: None,
+        })
+    }
+
+    /// Boots a new guest from a prepared module.
+    pub fn boot(rt: &Runtime, prepared: &Prepared, wasi: WasiCtx) -> Result<Guest, VmError> {
+        let module = rt.compile(&prepared.module, &prepared.prepared_digest)?;
+        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
+        Self::assemble(
+            store,
+            instance,
+            rt.engine.clone(),
+            Arc::from(prepared.module.as_slice()),
+            tern_image::TransformId {
+                name: prepared.transform.name.clone(),
+                version: prepared.transform.version.clone(),
+            },
+            prepared.original_digest,
+            prepared.prepared_digest,
+            new_guest_id(),
+        )
+    }
+
+    /// Boots an *unprepared* module: it runs exactly as on plain wasmtime
+    /// (same engine, memory and WASI host) but cannot be paused or captured.
+    /// For comparisons and benchmarks.
+    pub fn boot_original(rt: &Runtime, wasm: &[u8], wasi: WasiCtx) -> Result<Guest, VmError> {
+        let digest = tern_prepare::digest(wasm);
+        let module = rt.compile(wasm, &digest)?;
+        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
+        Self::assemble(
+            store,
+            instance,
+            rt.engine.clone(),
+            Arc::from(wasm),
+            tern_image::TransformId {
+                name: "none".into(),
+                version: "none".into(),
+            },
+            digest,
+            digest,
+            new_guest_id(),
+        )
+    }
+
+    /// Rebuilds a paused guest from an image; [`Guest::run`] resumes it.
+    /// Everything is checked and built before anything runs: on error no
+    /// guest code has executed and no output was written.
+    pub fn restore(
+        rt: &Runtime,
+        image: &ImageView<'_>,
+        stdout: OutputSink,
+        stderr: OutputSink,
+    ) -> Result<Guest, VmError> {
+        let meta = &image.meta;
+        if meta.transform.name != tern_prepare::asyncify::TRANSFORM_NAME
+            || !meta
+                .transform
+                .version
+                .starts_with(&format!("tern-{}-", tern_prepare::asyncify::PASS_VERSION))
+        {
+            return Err(VmError::Incompatible(format!(
+                "made by transform {} {}, this build resumes {} tern-{}-*",
+                meta.transform.name,
+                meta.transform.version,
+                tern_prepare::asyncify::TRANSFORM_NAME,
+                tern_prepare::asyncify::PASS_VERSION
+            )));
+        }
+        if tern_prepare::digest(image.module) != meta.prepared_digest {
+            return Err(VmError::Incompatible(
+                "module digest does not match the image metadata".into(),
+            ));
+        }
+        let host = SavedHost::decode(image.host).map_err(VmError::HostState)?;
+        let wasi = WasiCtx::restore(&host.wasi, stdout, stderr).map_err(VmError::Restore)?;
+        let module = rt.compile(image.module, &meta.prepared_digest)?;
+        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
+        let mut guest = Self::assemble(
+            store,
+            instance,
+            rt.engine.clone(),
+            Arc::from(image.module),
+            meta.transform.clone(),
+            meta.original_digest,
+            meta.prepared_digest,
+            host.guest_id.clone(),
+        )?;
+        guest.generation = host.generation + 1;
+        guest.load_memory(image)?;
+        guest.load_globals(&image.globals)?;
+        guest.parked = Some((image.stack.to_vec(), host.pending));
+        Ok(guest)
+    }
+
+    fn load_memory(&mut self, image: &ImageView<'_>) -> Result<(), VmError> {
+        let want = usize::try_from(image.memory_size())
+            .map_err(|_| VmError::Incompatible("memory too large for this host".into()))?;
+        let have = self.memory.data_size(&self.store);
+        if want < have {
+            return Err(VmError::Incompatible(format!(
+                "image memory ({want} bytes) is smaller than the module's minimum ({have} bytes)"
+            )));
+        }
+        if want > have {
+            let pages = ((want - have) / 65536) as u64;
+            self.memory
+                .grow(&mut self.store, pages)
+                .map_err(|e| VmError::Incompatible(format!("growing memory failed: {e}")))?;
+        }
+        let mem = self.memory.data_mut(&mut self.store);
+        let len = mem.len();
+        crate::memory::zero_range(mem, 0, len).map_err(|e| VmError::Memory(e.to_string()))?;
+        image
+            .write_memory_into(mem)
+            .map_err(|e| VmError::Memory(e.to_string()))?;
+        Ok(())
+    }
+
+    fn load_globals(&mut self, saved: &[SavedGlobal]) -> Result<(), VmError> {
+        if saved.len() != self.globals.len() {
+            return Err(VmError::Incompatible(format!(
+                "image has {} globals, module has {}",
+                saved.len(),
+                self.globals.len()
+            )));
+        }
+        for s in saved {
+            let Some((_, g)) = self.globals.iter().find(|(n, _)| *n == s.name) else {
+                return Err(VmError::Incompatible(format!(
+                    "module has no global `{}`",
+                    s.name
+                )));
+            };
+            let val = match s.value {
+                GlobalValue::I32(v) => Val::I32(v as i32),
+                GlobalValue::I64(v) => Val::I64(v as i64),
+                GlobalValue::F32(v) => Val::F32(v),
+                GlobalValue::F64(v) => Val::F64(v),
+                GlobalValue::V128(v) => Val::V128(v.into()),
+            };
+            g.set(&mut self.store, val)
+                .map_err(|e| VmError::Incompatible(format!("global `{}`: {e}", s.name)))?;
+        }
+        Ok(())
+    }
+
+    /// A handle to request a pause from another thread.
+    pub fn pause_handle(&self) -> PauseHandle {
+        PauseHandle {
+            control: self.store.data().control.clone(),
+            engine: self.engine.clone(),
+        }
+    }
+
+    /// The guest's id.
+    pub fn id(&self) -> &str {
+        &self.guest_id
+    }
+
+    /// True while paused (after [`Outcome::Paused`], or restored and not yet run).
+    pub fn is_paused(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Runs (or resumes) the guest until it exits or pauses.
+    pub fn run(&mut self) -> Result<Outcome, VmError> {
+        if let Some(code) = self.exited {
+            return Ok(Outcome::Exited(code));
+        }
+        if let Some((blob, pending)) = self.parked.take() {
+            self.store.data().control.set_pause(false);
+            if let Some(flag) = self.pause_flag {
+                flag.set(&mut self.store, Val::I32(0))
+                    .map_err(|e| VmError::Trap(e.to_string()))?;
+            }
+            suspend::start_rewind(&mut self.store, &blob, pending)
+                .map_err(|e| VmError::Rewind(e.to_string()))?;
+        }
+        self.store.set_epoch_deadline(1);
+        self.store.data_mut().suspend.stack_base = suspend::stack_marker();
+        let result = self.start.call(&mut self.store, ());
+        match result {
+            Ok(()) => match suspend::finish_unwind(&mut self.store) {
+                Ok(Some(parked)) => {
+                    self.parked = Some(parked);
+                    Ok(Outcome::Paused)
+                }
+                Ok(None) => {
+                    self.exited = Some(0);
+                    Ok(Outcome::Exited(0))
+                }
+                Err(e) => Err(VmError::Unwind(e.to_string())),
+            },
+            Err(e) => {
+                if let Some(GuestExit(code)) = e.downcast_ref::<GuestExit>() {
+                    self.exited = Some(*code);
+                    return Ok(Outcome::Exited(*code));
+                }
+                Err(VmError::Trap(trap_message(&e)))
+            }
+        }
+    }
+
+    fn saved_globals(&mut self) -> Result<Vec<SavedGlobal>, VmError> {
+        let mut out = Vec::with_capacity(self.globals.len());
+        for (name, g) in &self.globals {
+            let value = match g.get(&mut self.store) {
+                Val::I32(v) => GlobalValue::I32(v as u32),
+                Val::I64(v) => GlobalValue::I64(v as u64),
+                Val::F32(v) => GlobalValue::F32(v),
+                Val::F64(v) => GlobalValue::F64(v),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                _ => {
+                    return Err(VmError::Capture(format!(
+                        "global `{name}` holds a reference, which cannot be saved"
+                    )))
+                }
+            };
+            out.push(SavedGlobal {
+                name: name.clone(),
+                value,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes the paused guest's image to `path` (atomically).
+    pub fn save_image(&mut self, path: &Path) -> Result<CaptureStats, VmError> {
+        let Some((stack, pending)) = self.parked.clone() else {
+            return Err(VmError::Capture("the guest is not paused".into()));
+        };
+        let globals = self.saved_globals()?;
+        let host = SavedHost {
+            version: crate::host::HOST_STATE_VERSION,
+            guest_id: self.guest_id.clone(),
+            wasi: self.store.data_mut().wasi.save(),
+            pending,
+            generation: self.generation,
+        };
+        let host = host.encode();
+        let meta = Meta {
+            tern_version: env!("CARGO_PKG_VERSION").to_string(),
+            transform: self.transform.clone(),
+            original_digest: self.original_digest,
+            prepared_digest: self.prepared_digest,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            source_arch: std::env::consts::ARCH.to_string(),
+            guest_id: self.guest_id.clone(),
+        };
+        let memory = self.memory.data(&self.store);
+        let image = ImageRef {
+            meta: &meta,
+            module: &self.module,
+            memory,
+            globals: &globals,
+            stack: &stack,
+            host: &host,
+        };
+        let stats =
+            tern_image::write_file(path, &image).map_err(|e| VmError::Capture(e.to_string()))?;
+        Ok(CaptureStats {
+            image_bytes: stats.bytes_written,
+            memory_bytes: memory.len() as u64,
+            pages: stats.pages_present,
+            stack_bytes: stack.len() as u64,
+        })
+    }
+}
+
+/// One line for a trap: its cause, without wasm backtraces.
+fn trap_message(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return trap.to_string();
+    }
+    e.to_string()
+        .lines()
+        .next()
+        .unwrap_or("unknown trap")
+        .to_string()
+}
+
+/// Times a closure, for reports.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, std::time::Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}
