@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod inspect;
+pub mod prepare;
+pub mod restore;
+pub mod run;

@@ -1,0 +1,38 @@
+//! `tern restore`: resume a guest from its image.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use tern_vm::wasi::OutputSink;
+use tern_vm::Guest;
+
+use crate::common::{self, CheckpointArgs};
+
+/// Arguments of `tern restore`.
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The image to resume.
+    #[arg(value_name = "FILE")]
+    image_file: PathBuf,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+}
+
+/// Runs `tern restore`.
+pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let bytes = tern_image::read_bytes(&a.image_file, tern_image::DEFAULT_MAX_FILE_LEN)?;
+    let view = tern_image::view(&bytes).map_err(|source| tern_image::ReadError::Decode {
+        path: a.image_file.clone(),
+        source,
+    })?;
+    let rt = common::runtime()?;
+    let guest = Guest::restore(&rt, &view, OutputSink::Inherit, OutputSink::Inherit)
+        .with_context(|| format!("cannot restore {}", a.image_file.display()))?;
+    drop(view);
+    drop(bytes);
+    common::drive(guest, &a.checkpoint, started)
+}

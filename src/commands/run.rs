@@ -1,0 +1,101 @@
+//! `tern run`: run a WebAssembly program as a guest.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use tern_vm::wasi::{OutputSink, WasiConfig, WasiCtx};
+use tern_vm::Guest;
+
+use crate::common::{self, CheckpointArgs};
+
+/// Arguments of `tern run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The wasm32-wasi (preview1) command module to run.
+    #[arg(value_name = "WASM")]
+    wasm: PathBuf,
+    /// Give the guest a host directory, seen at GUEST (default: the same path).
+    #[arg(long = "dir", value_name = "HOST[:GUEST]")]
+    dirs: Vec<String>,
+    /// Set an environment variable for the guest.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+    /// Run the module as given, without preparing it (it then cannot be
+    /// checkpointed). For comparisons and benchmarks.
+    #[arg(long, hide = true, conflicts_with = "checkpoint_after")]
+    original: bool,
+    /// Arguments passed to the guest (after `--`).
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not of the form K=V")),
+    }
+}
+
+/// Splits `HOST[:GUEST]`.
+fn parse_dir(s: &str) -> anyhow::Result<(PathBuf, String)> {
+    let (host, guest) = match s.split_once(':') {
+        Some((h, g)) if !h.is_empty() && !g.is_empty() => (h, g),
+        Some(_) => anyhow::bail!("--dir `{s}` is not of the form HOST[:GUEST]"),
+        None => (s, s),
+    };
+    let host = PathBuf::from(host);
+    if !host.is_dir() {
+        anyhow::bail!("--dir {}: not a directory", host.display());
+    }
+    Ok((host, guest.to_string()))
+}
+
+/// Runs `tern run`.
+pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let wasm = common::read_input(&a.wasm)?;
+    let mut preopens = Vec::new();
+    for d in &a.dirs {
+        preopens.push(parse_dir(d)?);
+    }
+    let cache = tern_prepare::Cache::new(tern_prepare::default_cache_dir());
+    let name = a
+        .wasm
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| a.wasm.display().to_string());
+    let prepared = if a.original {
+        tern_prepare::check::check_command(&wasm)
+            .with_context(|| format!("cannot run {}", a.wasm.display()))?;
+        None
+    } else {
+        if common::chatty() && !cache.is_cached(&wasm) {
+            common::say(format_args!("preparing {name} (cached for later runs)"));
+        }
+        let prepared = cache
+            .prepare(&wasm, &tern_prepare::Options::default())
+            .with_context(|| format!("cannot run {}", a.wasm.display()))?;
+        Some(prepared)
+    };
+    let mut args = vec![name];
+    args.extend(a.args.iter().cloned());
+    let wasi = WasiCtx::new(WasiConfig {
+        args,
+        env: a.env.clone(),
+        preopens,
+        stdout: OutputSink::Inherit,
+        stderr: OutputSink::Inherit,
+    })
+    .context("setting up the guest's WASI host")?;
+    let rt = common::runtime()?;
+    let guest = match &prepared {
+        Some(prepared) => Guest::boot(&rt, prepared, wasi)?,
+        None => Guest::boot_original(&rt, &wasm, wasi)?,
+    };
+    common::drive(guest, &a.checkpoint, started)
+}

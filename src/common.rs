@@ -1,0 +1,158 @@
+//! What the subcommands share: error reporting, exit codes, running a guest
+//! with an optional checkpoint.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tern_vm::{Guest, Outcome, Runtime};
+
+/// Exit status for every failure of Tern itself (bad input included).
+pub const EXIT_TERN_ERROR: u8 = 2;
+/// Exit status when the guest traps (as a process killed by SIGABRT would).
+pub const EXIT_GUEST_TRAP: u8 = 134;
+
+/// Prints an error as one line: `tern: outer: inner: root`.
+pub fn report(e: &anyhow::Error) {
+    let mut line = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            // Skip causes whose text the outer message already carries.
+            if line.contains(&text) {
+                continue;
+            }
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    eprintln!("tern: {}", line.replace('\n', " "));
+}
+
+/// A message from Tern itself (never mixed into the guest's stdout).
+pub fn say(msg: impl std::fmt::Display) {
+    eprintln!("tern: {msg}");
+}
+
+/// Parses `250ms`, `2s`, `1m30s`, ...
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
+}
+
+/// The runtime with Tern's compile cache.
+pub fn runtime() -> anyhow::Result<Runtime> {
+    Ok(Runtime::new(Some(tern_prepare::default_cache_dir()))?)
+}
+
+/// Checkpoint options shared by `run` and `restore`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Pause the guest after this long (e.g. `250ms`, `2s`) at its next
+    /// migration point and write its image to --image, then exit 0.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "image")]
+    pub checkpoint_after: Option<Duration>,
+    /// Where to write the image (with --checkpoint-after).
+    #[arg(long, value_name = "FILE", requires = "checkpoint_after")]
+    pub image: Option<PathBuf>,
+    /// Print timings of the checkpoint as one JSON line on stderr.
+    #[arg(long, hide = true)]
+    pub report: bool,
+}
+
+/// Runs a guest to its end, or to the checkpoint, and returns Tern's exit code.
+pub fn drive(
+    mut guest: Guest,
+    ckpt: &CheckpointArgs,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let mut requested_at = None;
+    let timer = ckpt.checkpoint_after.map(|after| {
+        let pause = guest.pause_handle();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            // Cancelled (guest exited) when the sender is dropped.
+            match rx.recv_timeout(after) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let at = Instant::now();
+                    pause.request();
+                    Some(at)
+                }
+                _ => None,
+            }
+        });
+        (tx, handle)
+    });
+    if ckpt.report {
+        eprintln!(
+            "{{\"event\":\"running\",\"since_start_ms\":{:.3}}}",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let outcome = guest.run();
+    if let Some((tx, handle)) = timer {
+        drop(tx);
+        requested_at = handle.join().ok().flatten();
+    }
+    let outcome = match outcome {
+        Err(tern_vm::VmError::Trap(msg)) => {
+            say(format_args!("the guest trapped: {msg}"));
+            return Ok(ExitCode::from(EXIT_GUEST_TRAP));
+        }
+        other => other.context("running the guest")?,
+    };
+    match outcome {
+        Outcome::Exited(code) => {
+            if ckpt.checkpoint_after.is_some() {
+                say("the guest exited before the checkpoint; no image was written");
+            }
+            Ok(exit_code(code))
+        }
+        Outcome::Paused => {
+            let Some(path) = ckpt.image.as_deref() else {
+                anyhow::bail!("the guest paused without a checkpoint request");
+            };
+            let paused_at = Instant::now();
+            let stats = guest
+                .save_image(path)
+                .with_context(|| format!("writing image {}", path.display()))?;
+            let done = Instant::now();
+            say(format_args!(
+                "checkpoint written to {} ({} bytes; {} of {} memory pages present)",
+                path.display(),
+                stats.image_bytes,
+                stats.pages,
+                stats.memory_bytes / 4096
+            ));
+            if ckpt.report {
+                let req = requested_at.unwrap_or(paused_at);
+                eprintln!(
+                    "{{\"event\":\"checkpoint\",\"pause_ms\":{:.3},\"write_ms\":{:.3},\"total_ms\":{:.3},\"image_bytes\":{},\"memory_bytes\":{},\"pages\":{}}}",
+                    (paused_at - req).as_secs_f64() * 1e3,
+                    (done - paused_at).as_secs_f64() * 1e3,
+                    (done - req).as_secs_f64() * 1e3,
+                    stats.image_bytes,
+                    stats.memory_bytes,
+                    stats.pages
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The process exit code for a guest exit status.
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from((code & 0xff) as u8)
+}
+
+/// Reads a file, naming it in the error.
+pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// True when Tern may print progress (stderr is a terminal).
+pub fn chatty() -> bool {
+    std::io::stderr().is_terminal()
+}

@@ -1,0 +1,57 @@
+//! `tern`: run WebAssembly programs as portable unikernels, checkpoint them to
+//! images and restore them anywhere.
+
+mod commands;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tern runs unmodified wasm32-wasi (preview1) programs as migratable
+/// unikernels: any running guest can be stopped into an image file and
+/// resumed later, in another process or on another machine, with output
+/// exactly as if it had never been interrupted.
+#[derive(Parser)]
+#[command(name = "tern", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a WebAssembly program (prepared transparently, cached), optionally
+    /// checkpointing it after a while.
+    Run(commands::run::RunArgs),
+    /// Resume a guest from an image file.
+    Restore(commands::restore::RestoreArgs),
+    /// Show what an image file holds.
+    Inspect(commands::inspect::InspectArgs),
+    /// Write the migratable (prepared) form of a module ahead of time.
+    Prepare(commands::prepare::PrepareArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => commands::run::main(args),
+        Command::Restore(args) => commands::restore::main(args),
+        Command::Inspect(args) => commands::inspect::main(args),
+        Command::Prepare(args) => commands::prepare::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            common::report(&e);
+            ExitCode::from(common::EXIT_TERN_ERROR)
+        }
+    }
+}

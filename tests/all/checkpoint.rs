@@ -1,0 +1,194 @@
+//! Checkpoint at many moments, restore in a fresh process, and compare the
+//! concatenated output with an uninterrupted run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// One trial: run with a checkpoint after `delay`, then restore the image
+/// in a new process (and again, for `chain` more links). Returns the
+/// concatenated stdout, the final exit code and how many checkpoints were
+/// actually taken.
+fn trial(w: &Workload, dir: &Path, delays: &[Duration]) -> (Vec<u8>, Option<i32>, usize) {
+    let mut stdout = Vec::new();
+    let mut taken = 0;
+    let mut image = dir.join("img-0.tern");
+    let mut c = tern();
+    c.arg("run").arg(guest(w.name));
+    if w.data_dir {
+        c.arg("--dir").arg(format!("{}:/data", dir.display()));
+    }
+    c.arg("--checkpoint-after")
+        .arg(format!("{}us", delays[0].as_micros()))
+        .arg("--image")
+        .arg(&image)
+        .arg("--")
+        .args(&w.args);
+    let (mut out, _) = run(c);
+    loop {
+        stdout.extend_from_slice(&out.stdout);
+        let err = stderr(&out);
+        if !err.contains("checkpoint written to") {
+            assert!(
+                !image.exists(),
+                "an image was written although no checkpoint was reported"
+            );
+            return (stdout, out.status.code(), taken);
+        }
+        assert_eq!(out.status.code(), Some(0), "checkpoint exit code: {err}");
+        taken += 1;
+        let mut c = tern();
+        c.arg("restore").arg(&image);
+        let next = dir.join(format!("img-{taken}.tern"));
+        if let Some(d) = delays.get(taken) {
+            c.arg("--checkpoint-after")
+                .arg(format!("{}us", d.as_micros()))
+                .arg("--image")
+                .arg(&next);
+        }
+        let (o, _) = run(c);
+        out = o;
+        std::fs::remove_file(&image).ok();
+        image = next;
+    }
+}
+
+/// Checkpoints `w` at `n` moments spread over its run; every restored run
+/// must produce the uninterrupted output. At least `min_taken` checkpoints
+/// must really happen (the rest may find the guest already finished).
+fn checkpoint_everywhere(w: Workload, n: u32, min_taken: usize) {
+    let reference = reference(&w);
+    let mut taken = 0;
+    for k in 1..=n {
+        let delay = reference.time * k / (n + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let (out, code, t) = trial(&w, dir.path(), &[delay]);
+        assert_same_output(
+            &format!("{} checkpointed after {delay:?}", w.name),
+            &out,
+            &reference.stdout,
+        );
+        assert_eq!(code, reference.code, "{} exit code after {delay:?}", w.name);
+        let files: Vec<_> = files_in(dir.path())
+            .into_iter()
+            .filter(|(n, _)| !n.ends_with(".tern"))
+            .collect();
+        assert_eq!(files, reference.files, "{} files after {delay:?}", w.name);
+        taken += t;
+    }
+    assert!(
+        taken >= min_taken,
+        "{}: only {taken} of {n} checkpoints happened before the guest finished",
+        w.name
+    );
+}
+
+/// A chain of checkpoint / restore / checkpoint ... links.
+fn chain(w: Workload, links: u32) {
+    let reference = reference(&w);
+    let step = reference.time / (links + 2);
+    let delays: Vec<Duration> = (0..links).map(|_| step).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, code, taken) = trial(&w, dir.path(), &delays);
+    assert_same_output(&format!("{} chain", w.name), &out, &reference.stdout);
+    assert_eq!(code, reference.code);
+    assert!(
+        taken >= 2,
+        "{}: chain took only {taken} checkpoints",
+        w.name
+    );
+}
+
+#[test]
+fn hello_runs_and_passes_args_env_exit_code() {
+    let mut c = tern();
+    c.arg("run")
+        .arg("--env")
+        .arg("TERN_GREETING=hi there")
+        .arg(guest("hello"))
+        .args(["--", "7", "a b"]);
+    let (out, _) = run(c);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("hi there"), "{text}");
+    assert!(text.contains("a b"), "{text}");
+}
+
+#[test]
+fn hello_checkpoint_after_exit_writes_no_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("x.tern");
+    let mut c = tern();
+    c.arg("run")
+        .arg(guest("hello"))
+        .args(["--checkpoint-after", "10s", "--image"])
+        .arg(&image);
+    let (out, _) = run(c);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("no image was written"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!image.exists());
+}
+
+#[test]
+fn ep_checkpoint_everywhere() {
+    checkpoint_everywhere(Workload::new("ep", &["22"]), 20, 15);
+}
+
+#[test]
+fn dirtier_checkpoint_everywhere() {
+    checkpoint_everywhere(
+        Workload::new("dirtier", &["--mem", "16", "--iterations", "20000"]),
+        20,
+        15,
+    );
+}
+
+#[test]
+fn dirtier_paced_checkpoint_everywhere() {
+    // Paced: the guest spends much of its time blocked in poll_oneoff.
+    checkpoint_everywhere(
+        Workload::new(
+            "dirtier",
+            &["--mem", "8", "--rate", "40", "--iterations", "400"],
+        ),
+        20,
+        15,
+    );
+}
+
+#[test]
+fn filerw_checkpoint_everywhere() {
+    checkpoint_everywhere(
+        Workload::new("filerw", &["--records", "60000"]).with_data_dir(),
+        20,
+        15,
+    );
+}
+
+#[test]
+fn clock_checkpoint_everywhere() {
+    checkpoint_everywhere(Workload::new("clock", &["100", "5"]), 20, 15);
+}
+
+#[test]
+fn recurse_checkpoint_everywhere() {
+    checkpoint_everywhere(Workload::new("recurse", &[]), 20, 15);
+}
+
+#[test]
+fn chains_of_checkpoints() {
+    chain(Workload::new("ep", &["22"]), 5);
+    chain(
+        Workload::new("dirtier", &["--mem", "16", "--iterations", "20000"]),
+        5,
+    );
+    chain(
+        Workload::new("filerw", &["--records", "60000"]).with_data_dir(),
+        4,
+    );
+}

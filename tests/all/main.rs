@@ -1,0 +1,6 @@
+//! Tern's end-to-end tests: real guests, the real `tern` binary, whole
+//! outputs compared against uninterrupted runs.
+
+mod badinput;
+mod checkpoint;
+mod support;
