@@ -38,7 +38,7 @@ impl Runtime {
             .async_stack_size(MAX_WASM_STACK + (1 << 20))
             .max_wasm_stack(MAX_WASM_STACK)
             // Traps are reported in one line; backtraces only add noise.
-            .wasm_backtrace(false);
+            .wasm_backtrace_max_frames(None);
         // Under qemu-user (the aarch64 board stand-in) wasmtime's parallel
         // compilation hangs; a real board has few cores anyway.
         if cfg!(target_arch = "aarch64") || std::env::var_os("TERN_SERIAL_COMPILE").is_some() {

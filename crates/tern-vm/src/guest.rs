@@ -12,6 +12,7 @@ use wasmtime::{
 
 use crate::engine::Runtime;
 use crate::host::SavedHost;
+use crate::memory::MemoryHandle;
 use crate::store::{Control, StoreData};
 use crate::suspend::{self, AsyncifyFns, Entry, PendingCall};
 use crate::wasi::{GuestExit, OutputSink, WasiCtx};
@@ -259,69 +260,12 @@ impl Guest {
         stdout: OutputSink,
         stderr: OutputSink,
     ) -> Result<Guest, VmError> {
-        let meta = &image.meta;
-        if meta.transform.name != tern_prepare::asyncify::TRANSFORM_NAME
-            || !meta
-                .transform
-                .version
-                .starts_with(&format!("tern-{}-", tern_prepare::asyncify::PASS_VERSION))
-        {
-            return Err(VmError::Incompatible(format!(
-                "made by transform {} {}, this build resumes {} tern-{}-*",
-                meta.transform.name,
-                meta.transform.version,
-                tern_prepare::asyncify::TRANSFORM_NAME,
-                tern_prepare::asyncify::PASS_VERSION
-            )));
-        }
-        if tern_prepare::digest(image.module) != meta.prepared_digest {
-            return Err(VmError::Incompatible(
-                "module digest does not match the image metadata".into(),
-            ));
-        }
+        // Files first: a missing or changed file fails before any compiling.
         let host = SavedHost::decode(image.host).map_err(VmError::HostState)?;
         let wasi = WasiCtx::restore(&host.wasi, stdout, stderr).map_err(VmError::Restore)?;
-        let module = rt.compile(image.module, &meta.prepared_digest)?;
-        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
-        let mut guest = Self::assemble(
-            store,
-            instance,
-            rt.engine.clone(),
-            Arc::from(image.module),
-            meta.transform.clone(),
-            meta.original_digest,
-            meta.prepared_digest,
-            host.guest_id.clone(),
-        )?;
-        guest.generation = host.generation + 1;
-        guest.load_memory(image)?;
-        guest.load_globals(&image.globals)?;
-        guest.parked = Some((image.stack.to_vec(), host.pending));
-        Ok(guest)
-    }
-
-    fn load_memory(&mut self, image: &ImageView<'_>) -> Result<(), VmError> {
-        let want = usize::try_from(image.memory_size())
-            .map_err(|_| VmError::Incompatible("memory too large for this host".into()))?;
-        let have = self.memory.data_size(&self.store);
-        if want < have {
-            return Err(VmError::Incompatible(format!(
-                "image memory ({want} bytes) is smaller than the module's minimum ({have} bytes)"
-            )));
-        }
-        if want > have {
-            let pages = ((want - have) / 65536) as u64;
-            self.memory
-                .grow(&mut self.store, pages)
-                .map_err(|e| VmError::Incompatible(format!("growing memory failed: {e}")))?;
-        }
-        let mem = self.memory.data_mut(&mut self.store);
-        let len = mem.len();
-        crate::memory::zero_range(mem, 0, len).map_err(|e| VmError::Memory(e.to_string()))?;
-        image
-            .write_memory_into(mem)
-            .map_err(|e| VmError::Memory(e.to_string()))?;
-        Ok(())
+        let mut incoming = Incoming::new(rt, image.module, &image.meta)?;
+        incoming.load_memory(image)?;
+        incoming.finish_with(&image.globals, image.stack.to_vec(), host, wasi)
     }
 
     fn load_globals(&mut self, saved: &[SavedGlobal]) -> Result<(), VmError> {
@@ -385,7 +329,6 @@ impl Guest {
                 .map_err(|e| VmError::Rewind(e.to_string()))?;
         }
         self.store.set_epoch_deadline(1);
-        self.store.data_mut().suspend.stack_base = suspend::stack_marker();
         let result = self.start.call(&mut self.store, ());
         match result {
             Ok(()) => match suspend::finish_unwind(&mut self.store) {
@@ -432,8 +375,36 @@ impl Guest {
         Ok(out)
     }
 
-    /// Writes the paused guest's image to `path` (atomically).
-    pub fn save_image(&mut self, path: &Path) -> Result<CaptureStats, VmError> {
+    /// The metadata an image of this guest made now would carry.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            tern_version: env!("CARGO_PKG_VERSION").to_string(),
+            transform: self.transform.clone(),
+            original_digest: self.original_digest,
+            prepared_digest: self.prepared_digest,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            source_arch: std::env::consts::ARCH.to_string(),
+            guest_id: self.guest_id.clone(),
+        }
+    }
+
+    /// The prepared module the guest runs.
+    pub fn module(&self) -> Arc<[u8]> {
+        self.module.clone()
+    }
+
+    /// A handle to the guest's memory for other threads (pre-copy).
+    pub fn memory_handle(&self) -> Result<MemoryHandle, VmError> {
+        crate::memory::handle_for(self.memory.data_ptr(&self.store))
+            .ok_or_else(|| VmError::Memory("guest memory is not a Tern mapping".into()))
+    }
+
+    /// The paused guest's state except memory: what an image or a migration
+    /// stream carries beside the pages.
+    pub fn capture(&mut self) -> Result<Captured, VmError> {
         let Some((stack, pending)) = self.parked.clone() else {
             return Err(VmError::Capture("the guest is not paused".into()));
         };
@@ -445,27 +416,28 @@ impl Guest {
             pending,
             generation: self.generation,
         };
-        let host = host.encode();
-        let meta = Meta {
-            tern_version: env!("CARGO_PKG_VERSION").to_string(),
-            transform: self.transform.clone(),
-            original_digest: self.original_digest,
-            prepared_digest: self.prepared_digest,
-            created_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            source_arch: std::env::consts::ARCH.to_string(),
-            guest_id: self.guest_id.clone(),
-        };
+        let meta = self.meta();
+        Ok(Captured {
+            meta,
+            module: self.module.clone(),
+            globals,
+            stack,
+            host: host.encode(),
+            memory_size: self.memory.data_size(&self.store) as u64,
+        })
+    }
+
+    /// Writes the paused guest's image to `path` (atomically).
+    pub fn save_image(&mut self, path: &Path) -> Result<CaptureStats, VmError> {
+        let c = self.capture()?;
         let memory = self.memory.data(&self.store);
         let image = ImageRef {
-            meta: &meta,
-            module: &self.module,
+            meta: &c.meta,
+            module: &c.module,
             memory,
-            globals: &globals,
-            stack: &stack,
-            host: &host,
+            globals: &c.globals,
+            stack: &c.stack,
+            host: &c.host,
         };
         let stats =
             tern_image::write_file(path, &image).map_err(|e| VmError::Capture(e.to_string()))?;
@@ -473,8 +445,145 @@ impl Guest {
             image_bytes: stats.bytes_written,
             memory_bytes: memory.len() as u64,
             pages: stats.pages_present,
-            stack_bytes: stack.len() as u64,
+            stack_bytes: c.stack.len() as u64,
         })
+    }
+}
+
+/// A paused guest's state apart from its memory (see [`Guest::capture`]).
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// Image metadata: versions, digests, guest id.
+    pub meta: Meta,
+    /// The prepared module.
+    pub module: Arc<[u8]>,
+    /// Every exported mutable global.
+    pub globals: Vec<SavedGlobal>,
+    /// The unwound stack.
+    pub stack: Vec<u8>,
+    /// The encoded host state ([`SavedHost`]).
+    pub host: Vec<u8>,
+    /// Linear memory size in bytes.
+    pub memory_size: u64,
+}
+
+/// A guest being rebuilt: compiled and instantiated, its memory filled in
+/// piece by piece (from an image, or page by page from a migration stream
+/// while the source still runs), then finished with its globals, stack and
+/// host state into a paused [`Guest`].
+pub struct Incoming {
+    guest: Guest,
+}
+
+impl Incoming {
+    /// Checks that this build can resume a guest made by `meta`'s transform,
+    /// compiles `module` and instantiates it with zeroed memory.
+    pub fn new(rt: &Runtime, module: &[u8], meta: &Meta) -> Result<Incoming, VmError> {
+        if meta.transform.name != tern_prepare::asyncify::TRANSFORM_NAME
+            || !meta
+                .transform
+                .version
+                .starts_with(&format!("tern-{}-", tern_prepare::asyncify::PASS_VERSION))
+        {
+            return Err(VmError::Incompatible(format!(
+                "made by transform {} {}, this build resumes {} tern-{}-*",
+                meta.transform.name,
+                meta.transform.version,
+                tern_prepare::asyncify::TRANSFORM_NAME,
+                tern_prepare::asyncify::PASS_VERSION
+            )));
+        }
+        if tern_prepare::digest(module) != meta.prepared_digest {
+            return Err(VmError::Incompatible(
+                "module digest does not match the image metadata".into(),
+            ));
+        }
+        let placeholder =
+            WasiCtx::new(Default::default()).map_err(|e| VmError::Instantiate(e.to_string()))?;
+        let compiled = rt.compile(module, &meta.prepared_digest)?;
+        let (store, instance) = Guest::instantiate(rt, &compiled, placeholder)?;
+        let mut guest = Guest::assemble(
+            store,
+            instance,
+            rt.engine.clone(),
+            Arc::from(module),
+            meta.transform.clone(),
+            meta.original_digest,
+            meta.prepared_digest,
+            meta.guest_id.clone(),
+        )?;
+        // Instantiation wrote the data segments: start from all zeroes.
+        let mem = guest.memory.data_mut(&mut guest.store);
+        let len = mem.len();
+        crate::memory::zero_range(mem, 0, len).map_err(|e| VmError::Memory(e.to_string()))?;
+        Ok(Incoming { guest })
+    }
+
+    /// Grows memory to `bytes` (a multiple of the 64 KiB wasm page). Memory
+    /// never shrinks: a smaller size than the module's minimum is an error.
+    pub fn set_memory_size(&mut self, bytes: u64) -> Result<(), VmError> {
+        let g = &mut self.guest;
+        let want = usize::try_from(bytes)
+            .map_err(|_| VmError::Incompatible("memory too large for this host".into()))?;
+        let have = g.memory.data_size(&g.store);
+        if want < have {
+            return Err(VmError::Incompatible(format!(
+                "memory of {want} bytes is smaller than the guest's {have} bytes"
+            )));
+        }
+        if want > have {
+            let pages = ((want - have) / 65536) as u64;
+            g.memory
+                .grow(&mut g.store, pages)
+                .map_err(|e| VmError::Incompatible(format!("growing memory failed: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The memory being filled in.
+    pub fn memory_mut(&mut self) -> &mut [u8] {
+        self.guest.memory.data_mut(&mut self.guest.store)
+    }
+
+    /// Fills memory from an image.
+    pub fn load_memory(&mut self, image: &ImageView<'_>) -> Result<(), VmError> {
+        self.set_memory_size(image.memory_size())?;
+        let mem = self.memory_mut();
+        image
+            .write_memory_into(mem)
+            .map_err(|e| VmError::Memory(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Finishes the guest from its captured globals, stack and encoded host
+    /// state, with new output sinks. Checks the guest's files first.
+    pub fn finish(
+        self,
+        globals: &[SavedGlobal],
+        stack: Vec<u8>,
+        host: &[u8],
+        stdout: OutputSink,
+        stderr: OutputSink,
+    ) -> Result<Guest, VmError> {
+        let host = SavedHost::decode(host).map_err(VmError::HostState)?;
+        let wasi = WasiCtx::restore(&host.wasi, stdout, stderr).map_err(VmError::Restore)?;
+        self.finish_with(globals, stack, host, wasi)
+    }
+
+    fn finish_with(
+        self,
+        globals: &[SavedGlobal],
+        stack: Vec<u8>,
+        host: SavedHost,
+        wasi: WasiCtx,
+    ) -> Result<Guest, VmError> {
+        let mut guest = self.guest;
+        guest.load_globals(globals)?;
+        guest.store.data_mut().wasi = wasi;
+        guest.guest_id = host.guest_id.clone();
+        guest.generation = host.generation + 1;
+        guest.parked = Some((stack, host.pending));
+        Ok(guest)
     }
 }
 

@@ -28,7 +28,7 @@ pub mod suspend;
 pub mod wasi;
 
 pub use engine::{Runtime, GUEST_THREAD_STACK, MAX_WASM_STACK};
-pub use guest::{timed, CaptureStats, Guest, Outcome, PauseHandle};
+pub use guest::{timed, CaptureStats, Captured, Guest, Incoming, Outcome, PauseHandle};
 
 /// Errors from the runtime. Each names the step that failed.
 #[derive(Debug, thiserror::Error)]

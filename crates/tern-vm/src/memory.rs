@@ -7,19 +7,71 @@
 //!
 //! Owning the mapping is what later makes dirty tracking (userfaultfd
 //! write-protect), post-copy (missing-page faults), fork (mapping a frozen
-//! base privately) and restore-by-mapping possible; for now it gives cheap
-//! zeroing ([`zero_range`]) on restore.
+//! base privately) and restore-by-mapping possible. It also gives cheap
+//! zeroing ([`zero_range`]) on restore, and room *past the end* of a guest's
+//! memory for the unwind buffer ([`open_scratch`]): wasmtime elides bounds
+//! checks on these 4 GiB reservations, so guest code reaches bytes beyond
+//! `memory.size` exactly when Tern has made them accessible, and the guest
+//! never sees them in its own memory.
 //!
 //! This is one of Tern's few `unsafe` modules: every block says why it holds.
 
+use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 use wasmtime::{LinearMemory, MemoryCreator, MemoryType};
 
 /// Host page size assumed for mapping granularity (checked at creation).
 const WASM_PAGE: usize = 65536;
+
+/// One reservation: the mmap'ed range and the guest-visible size. Shared by
+/// the [`GuestMapping`] wasmtime owns and every [`MemoryHandle`], and
+/// unmapped when the last of them is gone, so a handle never dangles.
+#[derive(Debug)]
+struct Region {
+    base: *mut u8,
+    /// Bytes reserved: capacity plus guard.
+    mapped: usize,
+    /// Guest-visible bytes (grows only).
+    size: AtomicUsize,
+}
+
+// SAFETY: a Region is an address range and counters; the memory behind it is
+// only dereferenced through the documented unsafe paths of this module and by
+// wasmtime-compiled code, never through `&Region` itself.
+unsafe impl Send for Region {}
+// SAFETY: as above; the only shared mutable field is atomic.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        MAPPINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(self.base as usize));
+        // SAFETY: `base`/`mapped` is exactly the mapping made in
+        // `GuestMapping::new`; this is the last owner (wasmtime dropped its
+        // memory and no handle is left), so nothing can touch it any more.
+        let _ = unsafe { mm::munmap(self.base.cast(), self.mapped) };
+    }
+}
+
+/// Every live guest mapping of this process, by base address. Lets
+/// [`open_scratch`] check that a range lies inside a mapping Tern made, and
+/// [`handle_for`] find the region of a wasmtime memory.
+static MAPPINGS: Mutex<BTreeMap<usize, Weak<Region>>> = Mutex::new(BTreeMap::new());
+
+fn region_at(base: usize) -> Option<Arc<Region>> {
+    MAPPINGS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&base)
+        .and_then(Weak::upgrade)
+}
 
 /// Creates guest memories for wasmtime.
 #[derive(Debug, Default)]
@@ -28,18 +80,10 @@ pub struct TernMemoryCreator;
 /// One guest linear memory: a reserved range, the first `size` bytes usable.
 #[derive(Debug)]
 pub struct GuestMapping {
-    base: *mut u8,
+    region: Arc<Region>,
     size: usize,
     capacity: usize,
-    mapped: usize,
 }
-
-// SAFETY: the mapping is plain memory owned by this value; wasmtime
-// serializes all access to a store's memories, and the raw pointer is only
-// dereferenced by wasmtime-compiled code and Tern's store-borrowing helpers.
-unsafe impl Send for GuestMapping {}
-// SAFETY: as above; `&GuestMapping` only exposes sizes and the base address.
-unsafe impl Sync for GuestMapping {}
 
 impl GuestMapping {
     fn new(minimum: usize, capacity: usize, guard: usize) -> Result<Self, String> {
@@ -57,11 +101,19 @@ impl GuestMapping {
             )
         }
         .map_err(|e| format!("reserving {mapped} bytes of guest memory failed: {e}"))?;
-        let mut m = GuestMapping {
+        let region = Arc::new(Region {
             base: base.cast(),
+            mapped,
+            size: AtomicUsize::new(0),
+        });
+        MAPPINGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(base as usize, Arc::downgrade(&region));
+        let mut m = GuestMapping {
+            region,
             size: 0,
             capacity,
-            mapped,
         };
         m.open_to(minimum).map_err(|e| e.to_string())?;
         Ok(m)
@@ -80,22 +132,15 @@ impl GuestMapping {
             // references; making it accessible cannot invalidate any reference.
             unsafe {
                 mm::mprotect(
-                    self.base.add(self.size).cast::<c_void>(),
+                    self.region.base.add(self.size).cast::<c_void>(),
                     new_size - self.size,
                     MprotectFlags::READ | MprotectFlags::WRITE,
                 )
             }?;
             self.size = new_size;
+            self.region.size.store(new_size, Ordering::Release);
         }
         Ok(())
-    }
-}
-
-impl Drop for GuestMapping {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`mapped` is exactly the mapping created in `new`, and
-        // wasmtime drops the memory only when no code can touch it any more.
-        let _ = unsafe { mm::munmap(self.base.cast(), self.mapped) };
     }
 }
 
@@ -116,7 +161,7 @@ unsafe impl LinearMemory for GuestMapping {
     }
 
     fn as_ptr(&self) -> *mut u8 {
-        self.base
+        self.region.base
     }
 }
 
@@ -178,4 +223,111 @@ pub fn zero_range(memory: &mut [u8], offset: usize, len: usize) -> std::io::Resu
         }?;
     }
     Ok(())
+}
+
+/// How many bytes past `size` of the guest mapping at `base` can be opened
+/// with [`open_scratch`]: the rest of the reservation, as far as a 32-bit
+/// address reaches. `None` if `base` is not a mapping Tern made.
+pub(crate) fn scratch_room(base: *const u8, size: usize) -> Option<usize> {
+    let reserved = region_at(base as usize)?.mapped;
+    let addressable = (1usize << 32).min(reserved);
+    Some(addressable.saturating_sub(size))
+}
+
+/// Makes `[size, size + len)` of the guest mapping at `base` readable and
+/// writable (zero filled, backed on first touch) although it lies past the
+/// guest's memory. Fails unless the range is inside a mapping Tern made.
+pub(crate) fn open_scratch(base: *mut u8, size: usize, len: usize) -> std::io::Result<()> {
+    check_scratch(base, size, len)?;
+    // SAFETY: check_scratch proved [base + size, base + size + len) lies in
+    // one of our own reservations, past the guest-visible memory, where no
+    // Rust reference points; making it accessible invalidates nothing.
+    unsafe {
+        mm::mprotect(
+            base.add(size).cast::<c_void>(),
+            len,
+            MprotectFlags::READ | MprotectFlags::WRITE,
+        )
+    }?;
+    Ok(())
+}
+
+/// Undoes [`open_scratch`]: the range is dropped (reads as zero if opened
+/// again) and made inaccessible, so the guard behaves as before.
+pub(crate) fn close_scratch(base: *mut u8, size: usize, len: usize) -> std::io::Result<()> {
+    check_scratch(base, size, len)?;
+    // SAFETY: as in open_scratch the range is ours and past the guest's
+    // memory; no reference into it survives this call (callers copy out what
+    // they need first), so discarding its pages and protecting it is sound.
+    unsafe {
+        let p = base.add(size).cast::<c_void>();
+        mm::madvise(p, len, mm::Advice::LinuxDontNeed)?;
+        mm::mprotect(p, len, MprotectFlags::empty())?;
+    }
+    Ok(())
+}
+
+fn check_scratch(base: *const u8, size: usize, len: usize) -> std::io::Result<()> {
+    let page = rustix::param::page_size();
+    let room = scratch_room(base, size)
+        .ok_or_else(|| std::io::Error::other("not a guest memory mapping"))?;
+    if len > room || !size.is_multiple_of(page) || !len.is_multiple_of(page) {
+        return Err(std::io::Error::other(format!(
+            "scratch range of {len} bytes at {size} does not fit the reservation"
+        )));
+    }
+    Ok(())
+}
+
+/// A shared, read-only view of a guest's memory that another thread can use
+/// while the guest runs (pre-copy reads pages as the guest writes them).
+/// Keeps the mapping alive: it is unmapped only after the guest and every
+/// handle are gone.
+#[derive(Debug, Clone)]
+pub struct MemoryHandle {
+    region: Arc<Region>,
+}
+
+impl MemoryHandle {
+    /// The guest-visible size now, in bytes (it only grows).
+    pub fn len(&self) -> usize {
+        self.region.size.load(Ordering::Acquire)
+    }
+
+    /// True for a memory of no pages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The base address (for dirty tracking).
+    pub fn base(&self) -> *mut u8 {
+        self.region.base
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of guest memory. The guest
+    /// may be writing them at the same time: the copy is then a mix of old
+    /// and new bytes, which dirty tracking makes harmless (the page is sent
+    /// again). Fails if the range is past the memory's end.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), std::io::Error> {
+        if offset
+            .checked_add(dst.len())
+            .is_none_or(|end| end > self.len())
+        {
+            return Err(std::io::Error::other("read past the end of guest memory"));
+        }
+        // SAFETY: [offset, offset + len) is inside the guest-visible part of
+        // a mapping this handle keeps alive; it is readable (opened up to
+        // `size`, which never shrinks). The guest may write concurrently:
+        // bytes have no invalid values, and a torn copy is re-sent by the
+        // dirty-tracking protocol, so the race cannot break an invariant.
+        unsafe {
+            ptr::copy_nonoverlapping(self.region.base.add(offset), dst.as_mut_ptr(), dst.len());
+        }
+        Ok(())
+    }
+}
+
+/// The handle of the Tern mapping whose base is `base`, if it is one.
+pub(crate) fn handle_for(base: *const u8) -> Option<MemoryHandle> {
+    region_at(base as usize).map(|region| MemoryHandle { region })
 }

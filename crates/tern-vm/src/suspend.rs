@@ -2,18 +2,21 @@
 //!
 //! A prepared module (see `tern-prepare`) can unwind its whole call stack into
 //! a buffer in linear memory from `tern.yield` and from the WASI calls that can
-//! block, and rewind it later. The buffer needs somewhere to live: Tern borrows
-//! the top of linear memory for it and *puts the borrowed bytes back*
-//! afterwards, so the guest never sees it:
+//! block, and rewind it later. The buffer lives *past the end* of the guest's
+//! memory: Tern opens scratch pages of its own mapping there
+//! ([`crate::memory::open_scratch`]), which guest code can address because
+//! wasmtime elides bounds checks on Tern's 4 GiB reservations, while
+//! `memory.size` and every guest-visible byte stay as they were:
 //!
 //! ```text
-//! suspend():  save mem[A..top] aside; header at A = {A+8, top}; start_unwind(A)
+//! suspend():  top = memory size; open [top, top+N); header at top = {top+8, top+N};
+//!             start_unwind(top)
 //! _start returns (state = unwinding):
-//!             stack blob = mem[A+8..current]; stop_unwind; put mem[A..top] back
-//! rewind:     A' = top - 8 - len(blob); save mem[A'..top] aside;
-//!             header + blob at A'; start_rewind(A'); call _start again
+//!             stack blob = mem[top+8..current]; stop_unwind; close the scratch
+//! rewind:     open [top, top+N); header + blob at top; start_rewind(top);
+//!             call _start again
 //! the same import is re-entered (state = rewinding):
-//!             stop_rewind; put mem[A'..top] back; continue the call
+//!             stop_rewind; close the scratch; continue the call
 //! ```
 //!
 //! So the image holds the memory exactly as the guest sees it, plus the stack
@@ -27,14 +30,13 @@ use wasmtime::{AsContextMut, Caller, Memory, TypedFunc};
 use crate::store::StoreData;
 use crate::wasi;
 
-/// Least linear memory borrowed for an unwind, in bytes.
-pub const UNWIND_BUFFER_MIN: usize = 256 << 10;
-/// Most linear memory borrowed for an unwind, in bytes.
-pub const UNWIND_BUFFER_MAX: usize = 64 << 20;
-/// Borrowed bytes per byte of native stack the guest's frames use. Asyncify
-/// saves a frame's locals and a call index; Cranelift's native frame holds
-/// at least the live ones, so 4x leaves a wide margin.
-const UNWIND_PER_STACK_BYTE: usize = 4;
+/// Scratch opened past the guest's memory for an unwind or rewind, in bytes.
+/// Only the pages Asyncify touches are ever backed, so this costs nothing
+/// until used; 64 MiB holds far more frames than wasmtime's stack limit
+/// ([`crate::MAX_WASM_STACK`]) lets a guest have.
+pub const UNWIND_BUFFER: usize = 64 << 20;
+/// Least scratch worth unwinding into.
+const UNWIND_BUFFER_MIN: usize = 1 << 20;
 
 /// Asyncify's states, as `asyncify_get_state` reports them.
 const STATE_NORMAL: i32 = 0;
@@ -72,11 +74,11 @@ pub(crate) struct AsyncifyFns {
     pub(crate) get_state: TypedFunc<(), i32>,
 }
 
-/// Linear memory borrowed for the unwind buffer, with the bytes it held.
-#[derive(Debug)]
-pub(crate) struct Borrowed {
+/// Scratch opened past the end of guest memory: `[addr, addr + len)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scratch {
     pub(crate) addr: usize,
-    pub(crate) displaced: Vec<u8>,
+    pub(crate) len: usize,
 }
 
 /// Per-store bookkeeping for unwinding and rewinding.
@@ -85,20 +87,10 @@ pub(crate) struct SuspendState {
     pub(crate) fns: Option<AsyncifyFns>,
     /// The call being unwound out of (set by `suspend`).
     pub(crate) pending: Option<PendingCall>,
-    /// Memory borrowed by the unwind in progress.
-    pub(crate) unwinding: Option<Borrowed>,
-    /// Memory borrowed by the rewind in progress, and the call to resume.
-    pub(crate) rewinding: Option<(Borrowed, PendingCall)>,
-    /// Approximate native stack address where the guest was entered.
-    pub(crate) stack_base: usize,
-}
-
-/// An approximation of the current native stack pointer (the address of a
-/// local): the difference of two readings is how much stack lies between.
-#[inline(never)]
-pub(crate) fn stack_marker() -> usize {
-    let marker = 0u8;
-    std::hint::black_box(&marker) as *const u8 as usize
+    /// Scratch used by the unwind in progress.
+    pub(crate) unwinding: Option<Scratch>,
+    /// Scratch used by the rewind in progress, and the call to resume.
+    pub(crate) rewinding: Option<(Scratch, PendingCall)>,
 }
 
 /// Why unwinding or rewinding failed.
@@ -107,9 +99,9 @@ pub enum SuspendError {
     /// The module was not prepared by Tern.
     #[error("the guest module is not migratable (not prepared by Tern)")]
     NotPrepared,
-    /// Linear memory is too small to hold the unwind buffer.
-    #[error("guest memory too small for the unwind buffer")]
-    MemoryTooSmall,
+    /// No room past the guest's memory for the unwind buffer.
+    #[error("no room past guest memory for the unwind buffer: {0}")]
+    NoRoom(String),
     /// Asyncify was in an unexpected state.
     #[error("unexpected asyncify state {0}")]
     BadState(i32),
@@ -135,10 +127,10 @@ pub fn enter_import(caller: &mut Caller<'_, StoreData>) -> wasmtime::Result<Entr
         return Err(SuspendError::BadState(state).into());
     }
     f.stop_rewind.call(&mut *caller, ())?;
-    let Some((borrowed, pending)) = caller.data_mut().suspend.rewinding.take() else {
+    let Some((scratch, pending)) = caller.data_mut().suspend.rewinding.take() else {
         return Err(SuspendError::BadBuffer.into());
     };
-    give_back(&f.memory, &mut *caller, borrowed)?;
+    close(&f.memory, &mut *caller, scratch)?;
     Ok(Entry::Rewound(pending))
 }
 
@@ -148,25 +140,57 @@ pub fn suspend(caller: &mut Caller<'_, StoreData>, pending: PendingCall) -> wasm
     let Some(f) = fns(caller) else {
         return Err(SuspendError::NotPrepared.into());
     };
-    // Borrow what the stack can need: a few times the native stack in use.
-    let base = caller.data().suspend.stack_base;
-    let used = base.saturating_sub(stack_marker());
-    let want = used
-        .saturating_mul(UNWIND_PER_STACK_BYTE)
-        .clamp(UNWIND_BUFFER_MIN, UNWIND_BUFFER_MAX);
-    let mem = f.memory.data_mut(&mut *caller);
-    let top = mem.len();
-    let len = top.min(want) & !7;
-    if len < 64 {
-        return Err(SuspendError::MemoryTooSmall.into());
-    }
-    let addr = top - len;
-    let displaced = mem[addr..top].to_vec();
-    write_header(mem, addr, addr + 8, top)?;
-    caller.data_mut().suspend.unwinding = Some(Borrowed { addr, displaced });
+    let scratch = open(&f.memory, &mut *caller)?;
+    let mem = scratch_slice(&f.memory, caller, scratch);
+    write_header(mem, 0, scratch.addr + 8, scratch.addr + scratch.len)?;
+    caller.data_mut().suspend.unwinding = Some(scratch);
     caller.data_mut().suspend.pending = Some(pending);
-    f.start_unwind.call(&mut *caller, addr as i32)?;
+    f.start_unwind
+        .call(&mut *caller, scratch.addr as u32 as i32)?;
     Ok(())
+}
+
+/// Opens scratch past the end of guest memory.
+fn open(memory: &Memory, store: impl AsContextMut<Data = StoreData>) -> wasmtime::Result<Scratch> {
+    let base = memory.data_ptr(&store);
+    let addr = memory.data_size(&store);
+    let room = crate::memory::scratch_room(base, addr)
+        .ok_or_else(|| SuspendError::NoRoom("guest memory is not Tern's mapping".into()))?;
+    let len = room.min(UNWIND_BUFFER);
+    if len < UNWIND_BUFFER_MIN {
+        return Err(
+            SuspendError::NoRoom(format!("memory ends {} bytes before 4 GiB", room)).into(),
+        );
+    }
+    crate::memory::open_scratch(base, addr, len)
+        .map_err(|e| SuspendError::NoRoom(e.to_string()))?;
+    Ok(Scratch { addr, len })
+}
+
+/// Closes scratch opened by [`open`].
+fn close(
+    memory: &Memory,
+    store: impl AsContextMut<Data = StoreData>,
+    scratch: Scratch,
+) -> wasmtime::Result<()> {
+    let base = memory.data_ptr(&store);
+    crate::memory::close_scratch(base, scratch.addr, scratch.len)
+        .map_err(|e| SuspendError::NoRoom(e.to_string()))?;
+    Ok(())
+}
+
+/// The bytes of open scratch, as a slice.
+fn scratch_slice<'a, S: AsContextMut<Data = StoreData>>(
+    memory: &Memory,
+    store: &'a mut S,
+    scratch: Scratch,
+) -> &'a mut [u8] {
+    let base = memory.data_ptr(&*store);
+    // SAFETY: `open` made [addr, addr + len) of this memory's mapping readable
+    // and writable, it stays open until `close`, and nothing else references
+    // it: the guest is inside a host call or returned, so no guest code runs
+    // while this borrow (tied to the exclusive borrow of the store) lives.
+    unsafe { std::slice::from_raw_parts_mut(base.add(scratch.addr), scratch.len) }
 }
 
 fn write_header(mem: &mut [u8], addr: usize, current: usize, end: usize) -> wasmtime::Result<()> {
@@ -183,19 +207,6 @@ fn read_u32(mem: &[u8], at: usize) -> Option<usize> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
-fn give_back(
-    memory: &Memory,
-    mut store: impl AsContextMut<Data = StoreData>,
-    borrowed: Borrowed,
-) -> wasmtime::Result<()> {
-    let mem = memory.data_mut(&mut store);
-    let end = borrowed.addr + borrowed.displaced.len();
-    mem.get_mut(borrowed.addr..end)
-        .ok_or(SuspendError::BadBuffer)?
-        .copy_from_slice(&borrowed.displaced);
-    Ok(())
-}
-
 /// After the guest's entry point returned: if it was unwinding, finishes the
 /// unwind and returns the stack blob and the pending call.
 pub(crate) fn finish_unwind(
@@ -210,22 +221,22 @@ pub(crate) fn finish_unwind(
         STATE_UNWINDING => {}
         other => return Err(SuspendError::BadState(other).into()),
     }
-    let borrowed = store
+    let scratch = store
         .as_context_mut()
         .data_mut()
         .suspend
         .unwinding
         .take()
         .ok_or(SuspendError::BadBuffer)?;
-    let mem = f.memory.data(&store);
-    let current = read_u32(mem, borrowed.addr).ok_or(SuspendError::BadBuffer)?;
-    let start = borrowed.addr + 8;
-    if current < start || current > mem.len() {
+    let mem = scratch_slice(&f.memory, &mut store, scratch);
+    let current = read_u32(mem, 0).ok_or(SuspendError::BadBuffer)?;
+    let start = scratch.addr + 8;
+    if current < start || current > scratch.addr + scratch.len {
         return Err(SuspendError::BadBuffer.into());
     }
-    let blob = mem[start..current].to_vec();
+    let blob = mem[8..current - scratch.addr].to_vec();
     f.stop_unwind.call(&mut store, ())?;
-    give_back(&f.memory, &mut store, borrowed)?;
+    close(&f.memory, &mut store, scratch)?;
     let pending = store
         .as_context_mut()
         .data_mut()
@@ -250,20 +261,18 @@ pub(crate) fn start_rewind(
         .fns
         .clone()
         .ok_or(SuspendError::NotPrepared)?;
-    let mem = f.memory.data_mut(&mut store);
-    let top = mem.len();
-    let need = (blob.len() + 8).next_multiple_of(8);
-    if need > top {
-        return Err(SuspendError::MemoryTooSmall.into());
+    let scratch = open(&f.memory, &mut store)?;
+    if blob.len() + 8 > scratch.len {
+        close(&f.memory, &mut store, scratch)?;
+        return Err(SuspendError::NoRoom(format!("the stack is {} bytes", blob.len())).into());
     }
-    let addr = (top - need) & !7;
-    let displaced = mem[addr..top].to_vec();
-    let end = addr + 8 + blob.len();
-    mem[addr + 8..end].copy_from_slice(blob);
+    let mem = scratch_slice(&f.memory, &mut store, scratch);
+    mem[8..8 + blob.len()].copy_from_slice(blob);
     // Asyncify pops what it pushed: rewinding starts from the end of the data.
-    write_header(mem, addr, end, end)?;
-    store.as_context_mut().data_mut().suspend.rewinding =
-        Some((Borrowed { addr, displaced }, pending));
-    f.start_rewind.call(&mut store, addr as i32)?;
+    let end = scratch.addr + 8 + blob.len();
+    write_header(mem, 0, end, end)?;
+    store.as_context_mut().data_mut().suspend.rewinding = Some((scratch, pending));
+    f.start_rewind
+        .call(&mut store, scratch.addr as u32 as i32)?;
     Ok(())
 }
