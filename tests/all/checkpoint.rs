@@ -192,3 +192,42 @@ fn chains_of_checkpoints() {
         4,
     );
 }
+
+/// The prepared module behaves exactly like the original one.
+#[test]
+fn prepared_and_original_outputs_are_identical() {
+    let workloads = [
+        Workload::new("hello", &["5", "x"]),
+        Workload::new("ep", &["20"]),
+        Workload::new("dirtier", &["--mem", "8", "--iterations", "4000"]),
+        Workload::new("filerw", &["--records", "5000"]).with_data_dir(),
+        Workload::new("clock", &["20", "2"]),
+        Workload::new("recurse", &[]),
+    ];
+    for w in workloads {
+        let prepared_dir = tempfile::tempdir().unwrap();
+        let (prepared, _) = run(w.command(prepared_dir.path()));
+        let original_dir = tempfile::tempdir().unwrap();
+        let mut c = tern();
+        c.arg("run").arg("--original").arg(guest(w.name));
+        if w.data_dir {
+            c.arg("--dir")
+                .arg(format!("{}:/data", original_dir.path().display()));
+        }
+        c.arg("--").args(&w.args);
+        let (original, _) = run(c);
+        assert_same_output(
+            &format!("{} prepared vs original", w.name),
+            &prepared.stdout,
+            &original.stdout,
+        );
+        assert_eq!(prepared.status.code(), original.status.code(), "{}", w.name);
+        assert_eq!(
+            files_in(prepared_dir.path()),
+            files_in(original_dir.path()),
+            "{} files",
+            w.name
+        );
+        assert!(!prepared.stdout.is_empty(), "{} printed nothing", w.name);
+    }
+}

@@ -4,3 +4,4 @@
 mod badinput;
 mod checkpoint;
 mod support;
+mod wasi_prepared;

@@ -155,3 +155,53 @@ pub fn assert_same_output(what: &str, got: &[u8], want: &[u8]) {
         );
     }
 }
+
+/// Like [`run`], but kills the process (and returns `None`) if it has not
+/// finished after `limit`.
+pub fn run_timeout(mut c: Command, limit: Duration) -> Option<(Output, Duration)> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t = Instant::now();
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning tern");
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for tern") {
+            break Some(s);
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    let elapsed = t.elapsed();
+    status.map(|status| {
+        (
+            Output {
+                status,
+                stdout,
+                stderr,
+            },
+            elapsed,
+        )
+    })
+}
