@@ -18,6 +18,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod dirty;
 mod engine;
 mod guest;
 pub mod host;

@@ -1,0 +1,1028 @@
+//! Dirty-page tracking of guest memory, for pre-copy live migration.
+//!
+//! A [`DirtyTracker`] watches `[base, base + len)` of a guest's linear memory
+//! (Tern's private anonymous mapping, see [`crate::memory`]) and answers, each
+//! time [`DirtyTracker::collect`] is called, which [`TRACK_PAGE`]-sized pages
+//! were written since tracking started or since the previous `collect`. The
+//! guest keeps running and writing on its own thread meanwhile.
+//!
+//! Two methods:
+//!
+//! * [`Method::UffdWp`]: userfaultfd *asynchronous* write-protect plus the
+//!   `PAGEMAP_SCAN` ioctl of `/proc/self/pagemap` (Linux 6.7+). The kernel
+//!   write-protects the range; the first write to a page just clears the
+//!   protection (no fault is delivered to anyone, nothing blocks), and one
+//!   `PAGEMAP_SCAN` per `collect` returns the written pages and protects them
+//!   again, atomically per page table. A page written after the scan passed it
+//!   shows up in the next `collect`, so no write is ever missed. The kernel
+//!   tracks at its own page granularity: a transparent huge page reports all
+//!   of its 4 KiB pages once written (more pages, never fewer).
+//! * [`Method::Hash`]: xxh3-64 of every page, recomputed on each `collect`;
+//!   pages whose hash changed are reported. Works anywhere (older kernels,
+//!   qemu-user), costs a full read of the memory per `collect`.
+//!
+//! Memory that grows while tracked is added with [`DirtyTracker::extend`];
+//! the whole added range is reported once by the next `collect` (the guest may
+//! have written it before the tracker heard of it).
+//!
+//! With `Hash`, a page is "clean" when its content hashes as it did when the
+//! tracker last hashed it. If a page changes between that moment and the
+//! caller's copy of it, then changes back, `collect` cannot tell (with `UffdWp`
+//! it can). [`DirtyTracker::copy_all`] and [`DirtyTracker::collect_pages`]
+//! close that gap: they hand the caller the very bytes that were hashed, and
+//! are exact with both methods.
+//!
+//! This is one of Tern's few `unsafe` modules: every block says why it holds.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Granularity of tracking, in bytes. Page indices count these.
+pub const TRACK_PAGE: usize = 4096;
+
+/// How a [`DirtyTracker`] finds written pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// userfaultfd asynchronous write-protect + `PAGEMAP_SCAN`.
+    UffdWp,
+    /// xxh3-64 hash of every page, compared between collects.
+    Hash,
+}
+
+impl Method {
+    /// A short stable name, for logs and statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::UffdWp => "uffd-wp+pagemap-scan",
+            Method::Hash => "xxh3-hash",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which method [`DirtyTracker::start`] should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefer {
+    /// userfaultfd when it works here, hashing otherwise.
+    #[default]
+    Auto,
+    /// userfaultfd or an error.
+    UffdWp,
+    /// Hashing, always.
+    Hash,
+}
+
+impl FromStr for Prefer {
+    type Err = DirtyError;
+
+    /// Parses `auto`, `uffd` or `hash` (ASCII case ignored).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Prefer::Auto),
+            "uffd" => Ok(Prefer::UffdWp),
+            "hash" => Ok(Prefer::Hash),
+            _ => Err(DirtyError::UnknownMethod(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Prefer {
+    /// The spelling [`Prefer::from_str`] accepts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Prefer::Auto => "auto",
+            Prefer::UffdWp => "uffd",
+            Prefer::Hash => "hash",
+        })
+    }
+}
+
+/// Errors from dirty tracking. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirtyError {
+    /// A method name that is not `auto`, `uffd` or `hash`.
+    #[error("unknown dirty tracking method `{0}` (expected auto, uffd or hash)")]
+    UnknownMethod(String),
+    /// The range does not start or end on a page boundary.
+    #[error("the tracked range is not {align}-byte aligned: base {base:#x}, length {len:#x}")]
+    Unaligned {
+        /// Start address.
+        base: usize,
+        /// Length in bytes.
+        len: usize,
+        /// Required alignment in bytes.
+        align: usize,
+    },
+    /// More pages than a `u32` index can name.
+    #[error("the tracked range is too large: {0} bytes")]
+    TooLarge(usize),
+    /// `extend` to a smaller length.
+    #[error("the tracked range cannot shrink from {from} to {to} bytes")]
+    Shrink {
+        /// Current length.
+        from: usize,
+        /// Requested length.
+        to: usize,
+    },
+    /// userfaultfd tracking is not built for this OS or architecture.
+    #[error("userfaultfd write-protect tracking is not supported on this platform")]
+    Unsupported,
+    /// Creating the userfaultfd failed (no permission, no kernel support).
+    #[error("userfaultfd is not available: {}", short(.0))]
+    UffdOpen(io::Error),
+    /// The `UFFDIO_API` handshake failed.
+    #[error("the userfaultfd handshake failed: {}", short(.0))]
+    UffdApi(io::Error),
+    /// The kernel lacks asynchronous write-protect or `PAGEMAP_SCAN`.
+    #[error("the kernel lacks {0} (needs Linux 6.7+)")]
+    UffdFeatures(&'static str),
+    /// `UFFDIO_REGISTER` of the memory failed.
+    #[error("registering guest memory with userfaultfd failed: {}", short(.0))]
+    UffdRegister(io::Error),
+    /// `UFFDIO_WRITEPROTECT` of the memory failed.
+    #[error("write-protecting guest memory failed: {}", short(.0))]
+    WriteProtect(io::Error),
+    /// Opening `/proc/self/pagemap` failed.
+    #[error("opening /proc/self/pagemap failed: {}", short(.0))]
+    Pagemap(io::Error),
+    /// The `PAGEMAP_SCAN` ioctl failed. The next successful `collect` reports
+    /// every page, so nothing is lost if the caller carries on.
+    #[error("scanning guest memory for written pages failed: {}", short(.0))]
+    Scan(io::Error),
+}
+
+/// An OS error as its bare description ("Operation not permitted"), without
+/// the " (os error 1)" suffix, to keep messages one short line.
+fn short(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Tracks which pages of a range of guest memory were written. See the
+/// [module documentation](self).
+pub struct DirtyTracker {
+    /// Start of the tracked memory; TRACK_PAGE (and, for uffd, host page)
+    /// aligned. Invariant: `[base, base + len)` is readable, mapped memory
+    /// (the contract of `start` and `extend`).
+    base: *mut u8,
+    /// Tracked bytes, a multiple of TRACK_PAGE.
+    len: usize,
+    /// Pages `force_from..pages()` are reported by the next collect whatever
+    /// the method says: memory added by `extend`, or everything after a
+    /// failed scan. `pages()` when none.
+    force_from: usize,
+    inner: Inner,
+    fallback: Option<String>,
+}
+
+enum Inner {
+    Uffd(uffd::Uffd),
+    /// The hash of every page, as last read.
+    Hash(Vec<u64>),
+}
+
+// SAFETY: the tracker owns file descriptors and plain data; `base` is only an
+// address of memory that the `start` contract keeps mapped for the tracker's
+// life, read with atomic loads from whichever thread owns the tracker.
+unsafe impl Send for DirtyTracker {}
+
+impl DirtyTracker {
+    /// Starts tracking `[base, base + len)`. Pages written from now on are
+    /// reported by the next [`collect`](Self::collect).
+    ///
+    /// `base` and `len` must be multiples of [`TRACK_PAGE`] (for userfaultfd,
+    /// of the host page size).
+    ///
+    /// # Safety
+    ///
+    /// `[base, base + len)` must be readable memory of a private anonymous
+    /// mapping that stays mapped for the tracker's whole life (up to every
+    /// later [`extend`](Self::extend) length).
+    pub unsafe fn start(
+        base: *mut u8,
+        len: usize,
+        prefer: Prefer,
+    ) -> Result<DirtyTracker, DirtyError> {
+        check_range(base as usize, len, TRACK_PAGE)?;
+        let mut tracker = DirtyTracker {
+            base,
+            len,
+            force_from: len / TRACK_PAGE,
+            inner: Inner::Hash(Vec::new()),
+            fallback: None,
+        };
+        match prefer {
+            Prefer::Hash => {}
+            Prefer::UffdWp => tracker.inner = Inner::Uffd(uffd_start(base, len)?),
+            Prefer::Auto => match uffd_start(base, len) {
+                Ok(u) => tracker.inner = Inner::Uffd(u),
+                Err(e) => tracker.fallback = Some(e.to_string()),
+            },
+        }
+        if let Inner::Hash(hashes) = &mut tracker.inner {
+            let mut buf = [0u8; TRACK_PAGE];
+            let n = len / TRACK_PAGE;
+            let mut h = Vec::with_capacity(n);
+            for i in 0..n {
+                read_page_at(base, len, i, &mut buf);
+                h.push(xxhash_rust::xxh3::xxh3_64(&buf));
+            }
+            *hashes = h;
+        }
+        Ok(tracker)
+    }
+
+    /// The method in use.
+    pub fn method(&self) -> Method {
+        match self.inner {
+            Inner::Uffd(_) => Method::UffdWp,
+            Inner::Hash(_) => Method::Hash,
+        }
+    }
+
+    /// Why userfaultfd was not used, when [`Prefer::Auto`] fell back to
+    /// hashing.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Tracked bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn pages(&self) -> usize {
+        self.len / TRACK_PAGE
+    }
+
+    /// Tracks `[base, base + new_len)` from now on. The added pages are all
+    /// reported by the next collect. Shrinking is an error; the same length is
+    /// a no-op. On error the tracked length is unchanged (and pages past it
+    /// are not tracked).
+    ///
+    /// # Safety
+    ///
+    /// As [`start`](Self::start), for `[base, base + new_len)`.
+    pub unsafe fn extend(&mut self, new_len: usize) -> Result<(), DirtyError> {
+        if new_len < self.len {
+            return Err(DirtyError::Shrink {
+                from: self.len,
+                to: new_len,
+            });
+        }
+        if new_len == self.len {
+            return Ok(());
+        }
+        check_range(self.base as usize, new_len, TRACK_PAGE)?;
+        let old_pages = self.pages();
+        match &mut self.inner {
+            Inner::Uffd(u) => {
+                check_range(self.base as usize, new_len, uffd::host_page())?;
+                u.track(self.base as usize + self.len, new_len - self.len)?;
+            }
+            Inner::Hash(hashes) => hashes.resize(new_len / TRACK_PAGE, 0),
+        }
+        self.len = new_len;
+        self.force_from = self.force_from.min(old_pages);
+        Ok(())
+    }
+
+    /// Page indices (relative to base, in units of [`TRACK_PAGE`]), ascending,
+    /// written since [`start`](Self::start) or the previous collect, and
+    /// re-arms tracking for them. Copy the pages *after* this returns.
+    pub fn collect(&mut self) -> Result<Vec<u32>, DirtyError> {
+        let mut out = Vec::new();
+        match &mut self.inner {
+            Inner::Uffd(u) => {
+                if let Err(e) = u.scan(self.base as usize, self.len, &mut out) {
+                    // Pages may have been re-protected without being
+                    // reported: report all of them next time.
+                    self.force_from = 0;
+                    return Err(e);
+                }
+                let cut = out.partition_point(|&p| (p as usize) < self.force_from);
+                out.truncate(cut);
+                out.extend((self.force_from..self.pages()).map(|p| p as u32));
+            }
+            Inner::Hash(_) => {
+                self.hash_pass(|i, _| out.push(i));
+            }
+        }
+        self.force_from = self.pages();
+        debug_assert!(out.windows(2).all(|w| w[0] < w[1]));
+        Ok(out)
+    }
+
+    /// As [`collect`](Self::collect), but also reads each reported page and
+    /// hands `each` its index and content; returns how many pages. With
+    /// [`Method::Hash`] the content is exactly what was hashed, which makes
+    /// the caller's copy exact even when the guest writes a page and then
+    /// restores its earlier content.
+    pub fn collect_pages(
+        &mut self,
+        mut each: impl FnMut(u32, &[u8; TRACK_PAGE]),
+    ) -> Result<usize, DirtyError> {
+        if let Inner::Hash(_) = self.inner {
+            let n = self.hash_pass(each);
+            self.force_from = self.pages();
+            return Ok(n);
+        }
+        let pages = self.collect()?;
+        let mut buf = [0u8; TRACK_PAGE];
+        for &p in &pages {
+            self.read_page(p as usize, &mut buf);
+            each(p, &buf);
+        }
+        Ok(pages.len())
+    }
+
+    /// Reads every tracked page and hands `each` its index and content: the
+    /// initial full copy of pre-copy migration. Use it after `start`; with
+    /// [`Method::Hash`] it also rebases the hashes on exactly these bytes.
+    /// Pages written later are reported by the next collect.
+    pub fn copy_all(&mut self, mut each: impl FnMut(u32, &[u8; TRACK_PAGE])) {
+        let mut buf = [0u8; TRACK_PAGE];
+        for i in 0..self.pages() {
+            self.read_page(i, &mut buf);
+            if let Inner::Hash(hashes) = &mut self.inner {
+                hashes[i] = xxhash_rust::xxh3::xxh3_64(&buf);
+            }
+            each(i as u32, &buf);
+        }
+        // Everything forced (added by extend, or lost by a failed scan) was
+        // just read after it became tracked.
+        self.force_from = self.pages();
+    }
+
+    /// Rehashes every page, reporting (through `each`) those whose hash
+    /// changed or which are forced. Returns the count.
+    fn hash_pass(&mut self, mut each: impl FnMut(u32, &[u8; TRACK_PAGE])) -> usize {
+        let (base, len, force_from) = (self.base, self.len, self.force_from);
+        let Inner::Hash(hashes) = &mut self.inner else {
+            return 0;
+        };
+        let mut buf = [0u8; TRACK_PAGE];
+        let mut n = 0;
+        for (i, stored) in hashes.iter_mut().enumerate() {
+            read_page_at(base, len, i, &mut buf);
+            let h = xxhash_rust::xxh3::xxh3_64(&buf);
+            if h != *stored || i >= force_from {
+                *stored = h;
+                n += 1;
+                each(i as u32, &buf);
+            }
+        }
+        n
+    }
+
+    fn read_page(&self, index: usize, buf: &mut [u8; TRACK_PAGE]) {
+        read_page_at(self.base, self.len, index, buf);
+    }
+}
+
+impl Drop for DirtyTracker {
+    /// Unprotects and unregisters the memory (userfaultfd) and closes the
+    /// descriptors; the memory stays mapped and writable.
+    fn drop(&mut self) {
+        match &self.inner {
+            Inner::Uffd(u) => u.release(self.base as usize, self.len),
+            Inner::Hash(_) => {}
+        }
+    }
+}
+
+impl fmt::Debug for DirtyTracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirtyTracker")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("method", &self.method())
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+fn check_range(base: usize, len: usize, align: usize) -> Result<(), DirtyError> {
+    if !base.is_multiple_of(align) || !len.is_multiple_of(align) || base == 0 {
+        return Err(DirtyError::Unaligned { base, len, align });
+    }
+    if len / TRACK_PAGE > u32::MAX as usize + 1 || base.checked_add(len).is_none() {
+        return Err(DirtyError::TooLarge(len));
+    }
+    Ok(())
+}
+
+/// Copies page `index` of `[base, base + len)` into `buf`, with relaxed atomic
+/// loads: the guest may be writing the page concurrently.
+///
+/// Only called with a tracker's `base` and `len`, which satisfy the tracker's
+/// invariant (readable mapping, `base` TRACK_PAGE aligned); `index` is checked
+/// here.
+fn read_page_at(base: *mut u8, len: usize, index: usize, buf: &mut [u8; TRACK_PAGE]) {
+    assert!(index < len / TRACK_PAGE, "page {index} is not tracked");
+    // SAFETY: index * TRACK_PAGE + TRACK_PAGE <= len (asserted above), so the
+    // offset stays inside the tracked range, one allocation (the mapping).
+    let page = unsafe { base.add(index * TRACK_PAGE) }.cast::<u64>();
+    for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+        // SAFETY: `page + i` (i < TRACK_PAGE / 8) is 8-byte aligned (base is
+        // page aligned) and inside the tracked range, which the tracker's
+        // invariant keeps mapped and readable for its whole life. Rust code
+        // only touches guest memory through raw pointers and the guest is
+        // compiled code, so an atomic load is the right way to read it while
+        // it may be written.
+        let word = unsafe { AtomicU64::from_ptr(page.add(i)) }.load(Ordering::Relaxed);
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+}
+
+fn uffd_start(base: *mut u8, len: usize) -> Result<uffd::Uffd, DirtyError> {
+    check_range(base as usize, len, uffd::host_page())?;
+    let u = uffd::Uffd::open()?;
+    u.track(base as usize, len)?;
+    Ok(u)
+}
+
+/// userfaultfd asynchronous write-protect and `PAGEMAP_SCAN`, on Linux
+/// architectures whose ioctl numbers use the generic encoding.
+#[cfg(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "s390x"
+    )
+))]
+mod uffd {
+    use super::{DirtyError, TRACK_PAGE};
+    use std::ffi::c_int;
+    use std::fs::File;
+    use std::io;
+    use std::mem::size_of;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    // Kernel UAPI, include/uapi/linux/userfaultfd.h and (Linux 6.7+)
+    // include/uapi/linux/fs.h. All fields are __u64.
+
+    /// `struct uffdio_api`.
+    #[repr(C)]
+    #[derive(Debug, Default)]
+    pub(super) struct UffdioApi {
+        pub api: u64,
+        pub features: u64,
+        pub ioctls: u64,
+    }
+
+    /// `struct uffdio_range`.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(super) struct UffdioRange {
+        pub start: u64,
+        pub len: u64,
+    }
+
+    /// `struct uffdio_register`.
+    #[repr(C)]
+    #[derive(Debug, Default)]
+    pub(super) struct UffdioRegister {
+        pub range: UffdioRange,
+        pub mode: u64,
+        pub ioctls: u64,
+    }
+
+    /// `struct uffdio_writeprotect`.
+    #[repr(C)]
+    #[derive(Debug, Default)]
+    pub(super) struct UffdioWriteprotect {
+        pub range: UffdioRange,
+        pub mode: u64,
+    }
+
+    /// `struct pm_scan_arg`.
+    #[repr(C)]
+    #[derive(Debug, Default)]
+    pub(super) struct PmScanArg {
+        pub size: u64,
+        pub flags: u64,
+        pub start: u64,
+        pub end: u64,
+        pub walk_end: u64,
+        pub vec: u64,
+        pub vec_len: u64,
+        pub max_pages: u64,
+        pub category_inverted: u64,
+        pub category_mask: u64,
+        pub category_anyof_mask: u64,
+        pub return_mask: u64,
+    }
+
+    /// `struct page_region`.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    pub(super) struct PageRegion {
+        pub start: u64,
+        pub end: u64,
+        pub categories: u64,
+    }
+
+    const _: () = assert!(size_of::<UffdioApi>() == 24);
+    const _: () = assert!(size_of::<UffdioRange>() == 16);
+    const _: () = assert!(size_of::<UffdioRegister>() == 32);
+    const _: () = assert!(size_of::<UffdioWriteprotect>() == 24);
+    const _: () = assert!(size_of::<PmScanArg>() == 96);
+    const _: () = assert!(size_of::<PageRegion>() == 24);
+
+    /// `_IOC` with the generic (asm-generic/ioctl.h) layout.
+    const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
+        (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
+    }
+    const IOC_NONE: u32 = 0;
+    const IOC_WRITE: u32 = 1;
+    const IOC_READ: u32 = 2;
+
+    const UFFDIO: u8 = 0xAA;
+    const UFFD_API: u64 = 0xAA;
+    const UFFD_USER_MODE_ONLY: c_int = 1;
+    pub(super) const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+    pub(super) const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+    const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+    const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+    /// Bit of `_UFFDIO_WRITEPROTECT` (0x06) in `uffdio_register.ioctls`.
+    const UFFDIO_WRITEPROTECT_BIT: u64 = 1 << 0x06;
+
+    pub(super) const USERFAULTFD_IOC_NEW: u32 = ioc(IOC_NONE, UFFDIO, 0x00, 0);
+    pub(super) const UFFDIO_API: u32 =
+        ioc(IOC_READ | IOC_WRITE, UFFDIO, 0x3F, size_of::<UffdioApi>());
+    pub(super) const UFFDIO_REGISTER: u32 = ioc(
+        IOC_READ | IOC_WRITE,
+        UFFDIO,
+        0x00,
+        size_of::<UffdioRegister>(),
+    );
+    pub(super) const UFFDIO_UNREGISTER: u32 = ioc(IOC_READ, UFFDIO, 0x01, size_of::<UffdioRange>());
+    pub(super) const UFFDIO_WRITEPROTECT: u32 = ioc(
+        IOC_READ | IOC_WRITE,
+        UFFDIO,
+        0x06,
+        size_of::<UffdioWriteprotect>(),
+    );
+    pub(super) const PAGEMAP_SCAN: u32 =
+        ioc(IOC_READ | IOC_WRITE, b'f', 16, size_of::<PmScanArg>());
+
+    pub(super) const PAGE_IS_WRITTEN: u64 = 1 << 1;
+    pub(super) const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+    pub(super) const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+    /// Output regions per `PAGEMAP_SCAN` call; the scan loops when full.
+    const REGIONS: usize = 512;
+
+    pub(super) fn host_page() -> usize {
+        rustix::param::page_size()
+    }
+
+    /// A userfaultfd in asynchronous write-protect mode and a pagemap fd.
+    pub(super) struct Uffd {
+        uffd: OwnedFd,
+        pagemap: OwnedFd,
+        regions: Vec<PageRegion>,
+    }
+
+    /// `ioctl(fd, request, arg)` for requests whose argument is a pointer to
+    /// `T`.
+    ///
+    /// # Safety
+    ///
+    /// `request` must be an ioctl whose argument is a `*mut T` that the kernel
+    /// reads and writes as one `T` (its size is encoded in `request` and
+    /// checked against the UAPI above), and any pointer inside `arg` must be
+    /// valid as that ioctl requires.
+    unsafe fn ioctl<T>(fd: &OwnedFd, request: u32, arg: &mut T) -> io::Result<c_int> {
+        // SAFETY: forwarded from this function's contract; `arg` is a live,
+        // exclusive `T` for the duration of the call.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::Ioctl, arg as *mut T) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    }
+
+    fn own(fd: c_int) -> io::Result<OwnedFd> {
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel as a new descriptor
+        // and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    fn sys_userfaultfd(flags: c_int) -> io::Result<OwnedFd> {
+        // SAFETY: userfaultfd(2) takes one int of flags, touches no memory of
+        // ours and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+        own(fd as c_int)
+    }
+
+    fn dev_userfaultfd(flags: c_int) -> io::Result<OwnedFd> {
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")?;
+        // SAFETY: USERFAULTFD_IOC_NEW takes the new descriptor's flags as an
+        // int by value (not a pointer) and returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                USERFAULTFD_IOC_NEW as libc::Ioctl,
+                flags as libc::c_ulong,
+            )
+        };
+        own(fd)
+    }
+
+    /// A new userfaultfd: the system call, then (unprivileged, with
+    /// `vm.unprivileged_userfaultfd = 0`) the user-mode-only variant, which
+    /// changes nothing for asynchronous write-protect since no fault is ever
+    /// delivered to user space, then `/dev/userfaultfd`.
+    pub(super) fn open_fd(extra_flags: c_int) -> Result<OwnedFd, DirtyError> {
+        let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | extra_flags;
+        let first = match sys_userfaultfd(flags) {
+            Ok(fd) => return Ok(fd),
+            Err(e) => e,
+        };
+        if let Ok(fd) = sys_userfaultfd(flags | UFFD_USER_MODE_ONLY) {
+            return Ok(fd);
+        }
+        dev_userfaultfd(flags).map_err(|_| DirtyError::UffdOpen(first))
+    }
+
+    fn handshake(fd: &OwnedFd, features: u64) -> Result<UffdioApi, DirtyError> {
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            features,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes one `struct uffdio_api`.
+        unsafe { ioctl(fd, UFFDIO_API, &mut api) }.map_err(DirtyError::UffdApi)?;
+        Ok(api)
+    }
+
+    impl Uffd {
+        /// Opens a userfaultfd with asynchronous write-protect and the
+        /// pagemap; tracks nothing yet.
+        pub(super) fn open() -> Result<Uffd, DirtyError> {
+            Self::open_with(0)
+        }
+
+        pub(super) fn open_with(extra_flags: c_int) -> Result<Uffd, DirtyError> {
+            const WANT: u64 = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+            // UFFDIO_API succeeds once per descriptor: ask a throwaway one
+            // what the kernel offers, for a clear error on old kernels.
+            let offered = handshake(&open_fd(extra_flags)?, 0)?.features;
+            if offered & UFFD_FEATURE_WP_ASYNC == 0 {
+                return Err(DirtyError::UffdFeatures(
+                    "asynchronous userfaultfd write-protect",
+                ));
+            }
+            if offered & UFFD_FEATURE_WP_UNPOPULATED == 0 {
+                return Err(DirtyError::UffdFeatures(
+                    "userfaultfd write-protect of unpopulated pages",
+                ));
+            }
+            let uffd = open_fd(extra_flags)?;
+            handshake(&uffd, WANT)?;
+            let pagemap: OwnedFd = File::open("/proc/self/pagemap")
+                .map_err(DirtyError::Pagemap)?
+                .into();
+            let mut u = Uffd {
+                uffd,
+                pagemap,
+                regions: vec![PageRegion::default(); REGIONS],
+            };
+            // An empty scan: ENOTTY before Linux 6.7.
+            let mut probe = Vec::new();
+            u.scan_range(0, 0, 0, &mut probe).map_err(|e| match e {
+                DirtyError::Scan(e) if e.raw_os_error() == Some(libc::ENOTTY) => {
+                    DirtyError::UffdFeatures("the PAGEMAP_SCAN ioctl")
+                }
+                e => e,
+            })?;
+            Ok(u)
+        }
+
+        /// Registers `[start, start + len)` for write-protect tracking and
+        /// write-protects it. Async write-protect never blocks or signals a
+        /// writer: a write just clears the protection, so this cannot affect
+        /// what any code observes in the memory.
+        pub(super) fn track(&self, start: usize, len: usize) -> Result<(), DirtyError> {
+            if len == 0 {
+                return Ok(());
+            }
+            let range = UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            };
+            let mut reg = UffdioRegister {
+                range,
+                mode: UFFDIO_REGISTER_MODE_WP,
+                ioctls: 0,
+            };
+            // SAFETY: UFFDIO_REGISTER reads and writes one `struct
+            // uffdio_register`; the range is only an address range to it.
+            unsafe { ioctl(&self.uffd, UFFDIO_REGISTER, &mut reg) }
+                .map_err(DirtyError::UffdRegister)?;
+            if reg.ioctls & UFFDIO_WRITEPROTECT_BIT == 0 {
+                return Err(DirtyError::UffdRegister(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "this memory cannot be write-protected",
+                )));
+            }
+            let mut wp = UffdioWriteprotect {
+                range,
+                mode: UFFDIO_WRITEPROTECT_MODE_WP,
+            };
+            // SAFETY: UFFDIO_WRITEPROTECT reads and writes one `struct
+            // uffdio_writeprotect`.
+            unsafe { ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp) }
+                .map_err(DirtyError::WriteProtect)?;
+            Ok(())
+        }
+
+        /// Appends to `out` the indices (from `base`) of the pages of
+        /// `[base, base + len)` written since they were last protected, and
+        /// protects them again.
+        pub(super) fn scan(
+            &mut self,
+            base: usize,
+            len: usize,
+            out: &mut Vec<u32>,
+        ) -> Result<(), DirtyError> {
+            let mut at = base;
+            while at < base + len {
+                at = self.scan_range(base, at, base + len, out)?;
+            }
+            Ok(())
+        }
+
+        /// One `PAGEMAP_SCAN` of `[from, to)`; returns where it stopped (before
+        /// `to` when the output vector filled up).
+        fn scan_range(
+            &mut self,
+            base: usize,
+            from: usize,
+            to: usize,
+            out: &mut Vec<u32>,
+        ) -> Result<usize, DirtyError> {
+            let mut arg = PmScanArg {
+                size: size_of::<PmScanArg>() as u64,
+                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                start: from as u64,
+                end: to as u64,
+                vec: self.regions.as_mut_ptr() as u64,
+                vec_len: self.regions.len() as u64,
+                category_mask: PAGE_IS_WRITTEN,
+                return_mask: PAGE_IS_WRITTEN,
+                ..PmScanArg::default()
+            };
+            // SAFETY: PAGEMAP_SCAN reads and writes one `struct pm_scan_arg`
+            // and writes at most `vec_len` `struct page_region`s to `vec`,
+            // which points at `self.regions`, exclusively borrowed here and
+            // exactly that long.
+            let n = unsafe { ioctl(&self.pagemap, PAGEMAP_SCAN, &mut arg) }
+                .map_err(DirtyError::Scan)? as usize;
+            let bad = || DirtyError::Scan(io::Error::other("the kernel's answer is out of range"));
+            for r in self.regions.get(..n).ok_or_else(bad)? {
+                let (start, end) = (r.start as usize, r.end as usize);
+                if start < from || end > to || start > end {
+                    return Err(bad());
+                }
+                let first = (start - base) / TRACK_PAGE;
+                let last = (end - base).div_ceil(TRACK_PAGE);
+                out.extend((first..last).map(|p| p as u32));
+            }
+            let walk_end = arg.walk_end as usize;
+            if from < to && (walk_end <= from || walk_end > to) {
+                return Err(bad());
+            }
+            Ok(walk_end)
+        }
+
+        /// Unprotects and unregisters `[start, start + len)`. Errors are
+        /// ignored: closing the descriptor afterwards releases everything too.
+        pub(super) fn release(&self, start: usize, len: usize) {
+            if len == 0 {
+                return;
+            }
+            let range = UffdioRange {
+                start: start as u64,
+                len: len as u64,
+            };
+            let mut wp = UffdioWriteprotect { range, mode: 0 };
+            // SAFETY: UFFDIO_WRITEPROTECT reads and writes one `struct
+            // uffdio_writeprotect`; mode 0 removes the protection.
+            let _ = unsafe { ioctl(&self.uffd, UFFDIO_WRITEPROTECT, &mut wp) };
+            let mut range = range;
+            // SAFETY: UFFDIO_UNREGISTER reads one `struct uffdio_range`.
+            let _ = unsafe { ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut range) };
+        }
+    }
+}
+
+/// Stand-in where userfaultfd tracking is not built: it cannot be opened, so
+/// a `Uffd` never exists.
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "s390x"
+    )
+)))]
+mod uffd {
+    use super::DirtyError;
+    use std::convert::Infallible;
+
+    pub(super) struct Uffd(Infallible);
+
+    pub(super) fn host_page() -> usize {
+        super::TRACK_PAGE
+    }
+
+    impl Uffd {
+        pub(super) fn open() -> Result<Uffd, DirtyError> {
+            Err(DirtyError::Unsupported)
+        }
+        pub(super) fn track(&self, _start: usize, _len: usize) -> Result<(), DirtyError> {
+            match self.0 {}
+        }
+        pub(super) fn scan(
+            &mut self,
+            _base: usize,
+            _len: usize,
+            _out: &mut Vec<u32>,
+        ) -> Result<(), DirtyError> {
+            match self.0 {}
+        }
+        pub(super) fn release(&self, _start: usize, _len: usize) {
+            match self.0 {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_parses_and_displays() {
+        assert_eq!("auto".parse::<Prefer>().unwrap(), Prefer::Auto);
+        assert_eq!("uffd".parse::<Prefer>().unwrap(), Prefer::UffdWp);
+        assert_eq!("hash".parse::<Prefer>().unwrap(), Prefer::Hash);
+        assert_eq!("HASH".parse::<Prefer>().unwrap(), Prefer::Hash);
+        let err = "mprotect".parse::<Prefer>().unwrap_err();
+        assert!(matches!(err, DirtyError::UnknownMethod(ref s) if s == "mprotect"));
+        assert_eq!(
+            err.to_string(),
+            "unknown dirty tracking method `mprotect` (expected auto, uffd or hash)"
+        );
+        for p in [Prefer::Auto, Prefer::UffdWp, Prefer::Hash] {
+            assert_eq!(p.to_string().parse::<Prefer>().unwrap(), p);
+        }
+        assert_eq!(Prefer::default(), Prefer::Auto);
+        assert_eq!(Method::UffdWp.to_string(), "uffd-wp+pagemap-scan");
+        assert_eq!(Method::Hash.to_string(), "xxh3-hash");
+        assert_eq!(Method::Hash.name(), "xxh3-hash");
+    }
+
+    #[test]
+    fn errors_are_one_short_line() {
+        let e = DirtyError::UffdOpen(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            e.to_string(),
+            "userfaultfd is not available: Operation not permitted"
+        );
+        let e = DirtyError::Unaligned {
+            base: 0x1000,
+            len: 0x10,
+            align: 4096,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the tracked range is not 4096-byte aligned: base 0x1000, length 0x10"
+        );
+    }
+
+    #[test]
+    fn tracker_is_send() {
+        fn send<T: Send>() {}
+        send::<DirtyTracker>();
+    }
+
+    #[test]
+    fn bad_ranges_are_refused() {
+        let mut page = vec![0u64; 1024];
+        let p = page.as_mut_ptr().cast::<u8>();
+        // SAFETY: the range is refused before any memory is read.
+        let r = unsafe { DirtyTracker::start(p.wrapping_add(8), TRACK_PAGE, Prefer::Hash) };
+        assert!(matches!(r, Err(DirtyError::Unaligned { .. })));
+        // SAFETY: as above.
+        let r = unsafe { DirtyTracker::start(std::ptr::null_mut(), 0, Prefer::Hash) };
+        assert!(matches!(r, Err(DirtyError::Unaligned { .. })));
+    }
+
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn uapi_numbers_match_the_kernel_headers() {
+        use super::uffd::*;
+        // Values printed by a C program including <linux/userfaultfd.h>
+        // (and `_IOWR('f', 16, struct pm_scan_arg)` for PAGEMAP_SCAN).
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
+        assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
+        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
+        assert_eq!(std::mem::size_of::<PmScanArg>(), 96);
+        assert_eq!(std::mem::size_of::<PageRegion>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
+        assert_eq!(std::mem::size_of::<UffdioRegister>(), 32);
+        assert_eq!(std::mem::size_of::<UffdioWriteprotect>(), 24);
+    }
+
+    /// A user-mode-only userfaultfd (what unprivileged processes get) must
+    /// still let the kernel write into protected pages (`read(2)` into guest
+    /// memory) and see those writes: asynchronous write-protect never
+    /// delivers a fault.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn user_mode_only_uffd_sees_kernel_writes() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut u = match uffd::Uffd::open_with(1 /* UFFD_USER_MODE_ONLY */) {
+            Ok(u) => u,
+            Err(e @ (DirtyError::UffdOpen(_) | DirtyError::UffdFeatures(_))) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let len = 16 * TRACK_PAGE;
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .unwrap()
+        .cast::<u8>();
+        // SAFETY: page 2 is inside the mapping; nothing else uses it.
+        unsafe { base.add(2 * TRACK_PAGE).write(1) };
+        u.track(base as usize, len).unwrap();
+        let (r, mut w) = std::io::pipe().unwrap();
+        w.write_all(&[7u8; 16]).unwrap();
+        // Page 2 is present and protected, page 9 was never touched.
+        for page in [2usize, 9] {
+            // SAFETY: reads 8 bytes into the mapping at page `page`, which is
+            // inside it and referenced by nothing else.
+            let n = unsafe { libc::read(r.as_raw_fd(), base.add(page * TRACK_PAGE).cast(), 8) };
+            assert_eq!(n, 8, "{}", io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        u.scan(base as usize, len, &mut out).unwrap();
+        assert_eq!(out, [2, 9]);
+        out.clear();
+        u.scan(base as usize, len, &mut out).unwrap();
+        assert_eq!(out, [] as [u32; 0]);
+        u.release(base as usize, len);
+        drop(u);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { rustix::mm::munmap(base.cast(), len) }.unwrap();
+    }
+}
