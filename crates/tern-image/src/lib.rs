@@ -326,7 +326,7 @@ impl Meta {
 }
 
 /// A global's value; floats are kept as bit patterns so NaNs survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GlobalValue {
     /// `i32`.
     I32(u32),
@@ -354,7 +354,7 @@ impl GlobalValue {
 }
 
 /// A global, saved by export name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Global {
     /// Export name.
     pub name: String,

@@ -1,0 +1,279 @@
+//! The receiving side of a migration.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use tern_vm::wasi::OutputSink;
+use tern_vm::{Guest, Incoming, Runtime};
+
+use crate::pages::apply_run;
+use crate::proto::{self, GuestInfo, Message, MAX_MODULE};
+use crate::MigrateError;
+
+/// What the node gives the receiving side.
+pub trait DestHost {
+    /// The runtime to rebuild guests on.
+    fn runtime(&self) -> &Runtime;
+    /// This node's name (sent in `Welcome`).
+    fn node_name(&self) -> String;
+    /// Sets up the log of an arriving guest with what it printed so far, and
+    /// returns the sinks its stdout and stderr go to from now on.
+    fn open_log(&self, guest: &GuestInfo, log: &[u8]) -> Result<(OutputSink, OutputSink), String>;
+    /// This node owns the (paused) guest now: run it.
+    fn adopt(&self, guest: GuestInfo, g: Guest, migration_id: &str, from_node: &str);
+    /// The migration of `guest` failed after `open_log`: forget it.
+    fn discard(&self, guest: &GuestInfo);
+    /// Source side of `Resolve`: true if this node handed `migration_id`'s
+    /// guest over (the destination must run it).
+    fn handed_over(&self, migration_id: &str) -> bool;
+}
+
+/// What a served connection was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Served {
+    /// A guest arrived and runs here now.
+    Adopted {
+        /// Guest id.
+        guest: String,
+    },
+    /// A `Resolve` question was answered.
+    Resolved,
+}
+
+struct Conn {
+    w: BufWriter<TcpStream>,
+    r: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn send(&mut self, m: &Message) -> Result<(), MigrateError> {
+        proto::send(&mut self.w, m)?;
+        self.w.flush().map_err(MigrateError::Send)
+    }
+    fn recv(&mut self) -> Result<Message, MigrateError> {
+        Ok(proto::recv(&mut self.r)?.0)
+    }
+}
+
+/// Serves one connection accepted by the node's migration listener.
+pub fn serve(stream: TcpStream, host: &dyn DestHost) -> Result<Served, MigrateError> {
+    stream.set_nodelay(true).ok();
+    // A peer that says nothing for this long is dropped.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(MigrateError::Receive)?;
+    let mut c = Conn {
+        w: BufWriter::new(stream.try_clone().map_err(MigrateError::Send)?),
+        r: BufReader::with_capacity(1 << 20, stream),
+    };
+    let hello = c.recv()?;
+    let (version, from_node, source_listen) = match proto::check_hello(&hello) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = c.send(&Message::Abort(e.to_string()));
+            return Err(e);
+        }
+    };
+    c.send(&Message::Welcome {
+        version,
+        node: host.node_name(),
+        arch: std::env::consts::ARCH.into(),
+    })?;
+    match c.recv()? {
+        Message::Resolve { migration_id } => {
+            c.send(&Message::Owner {
+                destination: host.handed_over(&migration_id),
+            })?;
+            Ok(Served::Resolved)
+        }
+        Message::Begin {
+            migration_id,
+            guest,
+            meta,
+            module_len,
+            memory_size,
+            ..
+        } => receive(
+            &mut c,
+            host,
+            Begun {
+                migration_id,
+                guest,
+                meta,
+                module_len,
+                memory_size,
+                from_node,
+                source_listen,
+            },
+        ),
+        other => Err(proto::unexpected(&other, "Begin or Resolve")),
+    }
+}
+
+struct Begun {
+    migration_id: String,
+    guest: GuestInfo,
+    meta: Vec<u8>,
+    module_len: u64,
+    memory_size: u64,
+    from_node: String,
+    source_listen: String,
+}
+
+fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, MigrateError> {
+    // Everything up to `Restored`: any failure aborts, and the source keeps
+    // (and resumes) the guest.
+    let mut log_opened = false;
+    let built = (|| -> Result<Guest, MigrateError> {
+        let meta: tern_image::Meta = postcard::from_bytes(&b.meta)
+            .map_err(|e| MigrateError::Protocol(format!("malformed metadata: {e}")))?;
+        if b.module_len > MAX_MODULE {
+            return Err(MigrateError::Protocol(format!(
+                "module of {} bytes exceeds the {MAX_MODULE}-byte limit",
+                b.module_len
+            )));
+        }
+        let mut module = Vec::new();
+        while (module.len() as u64) < b.module_len {
+            match c.recv()? {
+                Message::ModuleChunk(bytes) => {
+                    if module.len() as u64 + bytes.len() as u64 > b.module_len {
+                        return Err(MigrateError::Protocol(
+                            "module longer than announced".into(),
+                        ));
+                    }
+                    module.extend_from_slice(&bytes);
+                }
+                other => return Err(proto::unexpected(&other, "ModuleChunk")),
+            }
+        }
+        let mut incoming = Incoming::new(host.runtime(), &module, &meta)
+            .map_err(|e| MigrateError::Guest(e.to_string()))?;
+        drop(module);
+        let grow = |incoming: &mut Incoming, size: u64| {
+            incoming
+                .set_memory_size(size)
+                .map_err(|e| MigrateError::Guest(e.to_string()))
+        };
+        grow(&mut incoming, b.memory_size)?;
+        let mut log = Vec::new();
+        loop {
+            match c.recv()? {
+                Message::Pages { memory_size, runs } => {
+                    grow(&mut incoming, memory_size)?;
+                    let mem = incoming.memory_mut();
+                    for run in &runs {
+                        apply_run(mem, run)?;
+                    }
+                }
+                Message::LogChunk(bytes) => log.extend_from_slice(&bytes),
+                Message::Final {
+                    memory_size,
+                    globals,
+                    stack,
+                    host: host_state,
+                    log_len,
+                } => {
+                    if log_len != log.len() as u64 {
+                        return Err(MigrateError::Protocol(format!(
+                            "log of {} bytes announced, {} received",
+                            log_len,
+                            log.len()
+                        )));
+                    }
+                    grow(&mut incoming, memory_size)?;
+                    let (out, err) = host.open_log(&b.guest, &log).map_err(MigrateError::Local)?;
+                    log_opened = true;
+                    return incoming
+                        .finish(&globals, stack, &host_state, out, err)
+                        .map_err(|e| MigrateError::Guest(e.to_string()));
+                }
+                other => return Err(proto::unexpected(&other, "Pages, LogChunk or Final")),
+            }
+        }
+    })();
+    let guest = match built {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = c.send(&Message::Abort(e.to_string()));
+            if log_opened {
+                host.discard(&b.guest);
+            }
+            return Err(e);
+        }
+    };
+    // Restored: from now on the source may let go at any moment.
+    let sent = c.send(&Message::Restored);
+    let answer = sent.and_then(|_| c.recv());
+    let ours = match answer {
+        Ok(Message::Commit) => true,
+        Ok(other) => {
+            // An explicit Abort (or nonsense) means the source kept it.
+            let _ = proto::unexpected(&other, "Commit");
+            false
+        }
+        Err(_) => resolve(&b.source_listen, &b.migration_id, host),
+    };
+    if ours {
+        host.adopt(b.guest.clone(), guest, &b.migration_id, &b.from_node);
+        Ok(Served::Adopted { guest: b.guest.id })
+    } else {
+        host.discard(&b.guest);
+        Err(MigrateError::Aborted(
+            "the source kept the guest after the connection broke".into(),
+        ))
+    }
+}
+
+/// The connection broke after `Restored` and before `Commit`: ask the source
+/// who owns the guest. A source whose port refuses connections is gone, and
+/// its copy of the guest with it: then this node runs the guest.
+fn resolve(source: &str, migration_id: &str, host: &dyn DestHost) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ask_owner(source, migration_id, host) {
+            Ok(destination) => return destination,
+            Err(Some(refused)) if refused => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// `Err(Some(true))` when the source refused the connection.
+fn ask_owner(source: &str, migration_id: &str, host: &dyn DestHost) -> Result<bool, Option<bool>> {
+    let addr = source
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or(None)?;
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| Some(e.kind() == std::io::ErrorKind::ConnectionRefused))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut c = Conn {
+        w: BufWriter::new(stream.try_clone().map_err(|_| None)?),
+        r: BufReader::new(stream),
+    };
+    let mut q = || -> Result<bool, MigrateError> {
+        c.send(&Message::Hello {
+            magic: proto::MAGIC,
+            version: proto::PROTOCOL_VERSION,
+            node: host.node_name(),
+            arch: std::env::consts::ARCH.into(),
+            listen: String::new(),
+        })?;
+        match c.recv()? {
+            Message::Welcome { .. } => {}
+            other => return Err(proto::unexpected(&other, "Welcome")),
+        }
+        c.send(&Message::Resolve {
+            migration_id: migration_id.to_string(),
+        })?;
+        match c.recv()? {
+            Message::Owner { destination } => Ok(destination),
+            other => Err(proto::unexpected(&other, "Owner")),
+        }
+    };
+    q().map_err(|_| None)
+}
