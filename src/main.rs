@@ -1,6 +1,7 @@
 //! `tern`: run WebAssembly programs as portable unikernels, checkpoint them to
 //! images and restore them anywhere.
 
+mod client;
 mod commands;
 mod common;
 
@@ -30,6 +31,20 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     /// Write the migratable (prepared) form of a module ahead of time.
     Prepare(commands::prepare::PrepareArgs),
+    /// Run the node daemon: guests, HTTP/JSON API, metrics, migrations.
+    Node(commands::node::NodeArgs),
+    /// List the guests of a node.
+    Ps(commands::ps::PsArgs),
+    /// Print a guest's output since it started (-f to follow).
+    Logs(commands::logs::LogsArgs),
+    /// Wait for a guest to end; print its exit status and exit with it.
+    Wait(commands::wait::WaitArgs),
+    /// Stop a guest on a node.
+    Stop(commands::stop::StopArgs),
+    /// Write an image of a guest running on a node.
+    Checkpoint(commands::checkpoint::CheckpointArgs),
+    /// Move a running guest to another node, live.
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +61,13 @@ fn main() -> ExitCode {
         Command::Restore(args) => commands::restore::main(args),
         Command::Inspect(args) => commands::inspect::main(args),
         Command::Prepare(args) => commands::prepare::main(args),
+        Command::Node(args) => commands::node::main(args),
+        Command::Ps(args) => commands::ps::main(args),
+        Command::Logs(args) => commands::logs::main(args),
+        Command::Wait(args) => commands::wait::main(args),
+        Command::Stop(args) => commands::stop::main(args),
+        Command::Checkpoint(args) => commands::checkpoint::main(args),
+        Command::Migrate(args) => commands::migrate::main(args),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,13 @@
 //! One module per subcommand.
 
+pub mod checkpoint;
 pub mod inspect;
+pub mod logs;
+pub mod migrate;
+pub mod node;
 pub mod prepare;
+pub mod ps;
 pub mod restore;
 pub mod run;
+pub mod stop;
+pub mod wait;

@@ -19,11 +19,27 @@ pub struct RestoreArgs {
     image_file: PathBuf,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Restore onto this node instead of in this process, and print the
+    /// guest's id (the node reads FILE from its own filesystem).
+    #[arg(
+        long = "node",
+        env = "TERN_NODE",
+        value_name = "URL",
+        conflicts_with = "checkpoint_after"
+    )]
+    node: Option<String>,
 }
 
 /// Runs `tern restore`.
 pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    if let Some(node) = &a.node {
+        let path = crate::client::absolute(&a.image_file)?;
+        let r = crate::client::Client::new(node)
+            .post("/v1/restore", &serde_json::json!({ "path": path }))?;
+        println!("{}", r["id"].as_str().unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
     let bytes = tern_image::read_bytes(&a.image_file, tern_image::DEFAULT_MAX_FILE_LEN)?;
     let view = tern_image::view(&bytes).map_err(|source| tern_image::ReadError::Decode {
         path: a.image_file.clone(),

@@ -29,6 +29,12 @@ pub struct RunArgs {
     /// checkpointed). For comparisons and benchmarks.
     #[arg(long, hide = true, conflicts_with = "checkpoint_after")]
     original: bool,
+    /// Start the guest on a node (`--node` or `TERN_NODE`) and print its id.
+    #[arg(long, conflicts_with_all = ["checkpoint_after", "original"])]
+    detach: bool,
+    /// The node for --detach (`HOST:PORT`).
+    #[arg(long = "node", env = "TERN_NODE", value_name = "URL")]
+    node: Option<String>,
     /// Arguments passed to the guest (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -59,6 +65,9 @@ fn parse_dir(s: &str) -> anyhow::Result<(PathBuf, String)> {
 pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let wasm = common::read_input(&a.wasm)?;
+    if a.detach {
+        return detach(&a, &wasm);
+    }
     let mut preopens = Vec::new();
     for d in &a.dirs {
         preopens.push(parse_dir(d)?);
@@ -98,4 +107,32 @@ pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
         None => Guest::boot_original(&rt, &wasm, wasi)?,
     };
     common::drive(guest, &a.checkpoint, started)
+}
+
+/// `--detach`: boots the guest on a node and prints its id.
+fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
+    use base64::Engine as _;
+    let Some(node) = &a.node else {
+        anyhow::bail!("--detach needs a node: give --node HOST:PORT or set TERN_NODE");
+    };
+    let mut dirs = Vec::new();
+    for d in &a.dirs {
+        let (host, guest) = parse_dir(d)?;
+        dirs.push((crate::client::absolute(&host)?, guest));
+    }
+    let name = a
+        .wasm
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let spec = tern_node::BootSpec {
+        name,
+        module_b64: base64::engine::general_purpose::STANDARD.encode(wasm),
+        args: a.args.clone(),
+        env: a.env.clone(),
+        dirs,
+    };
+    let r = crate::client::Client::new(node).post("/v1/guests", &serde_json::to_value(spec)?)?;
+    println!("{}", r["id"].as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
 }

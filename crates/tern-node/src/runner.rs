@@ -1,0 +1,256 @@
+//! One guest running on its own thread, driven by commands while paused.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+
+use tern_migrate::{GuestInfo, MigrateError, SourceGuest};
+use tern_vm::memory::MemoryHandle;
+use tern_vm::{CaptureStats, Captured, Guest, Outcome, PauseHandle};
+
+/// Where a guest's thread is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Running guest code.
+    Running,
+    /// Paused at a migration point, waiting for a command.
+    Paused,
+    /// Exited with a status.
+    Exited(i32),
+    /// Trapped or failed.
+    Failed(String),
+    /// Stopped by a user (or checkpointed without --leave-running).
+    Stopped,
+    /// Handed over to another node.
+    Released,
+}
+
+impl RunState {
+    /// True once the guest will not run here again.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RunState::Running | RunState::Paused)
+    }
+}
+
+type Reply<T> = Sender<Result<T, String>>;
+
+/// Called on the guest's thread when it will not run here again.
+pub type OnFinal = Arc<dyn Fn(&GuestInfo, &RunState) + Send + Sync>;
+
+enum Cmd {
+    Resume,
+    Capture(Reply<Captured>),
+    Save(PathBuf, Reply<CaptureStats>),
+    Release,
+    Stop,
+}
+
+struct Shared {
+    state: Mutex<RunState>,
+    changed: Condvar,
+}
+
+/// Handle to a guest's thread.
+pub struct Runner {
+    /// Id and name.
+    pub info: GuestInfo,
+    shared: Arc<Shared>,
+    cmds: Mutex<Sender<Cmd>>,
+    pause: PauseHandle,
+    memory: MemoryHandle,
+    module: Arc<[u8]>,
+    meta: tern_image::Meta,
+    log: PathBuf,
+    /// Serializes pause/resume sequences (checkpoint, migrate, stop).
+    pub op: Mutex<()>,
+}
+
+impl Runner {
+    /// Starts `guest` (fresh or paused after a restore) on its own thread.
+    /// `on_final` runs on that thread when the guest will not run again.
+    pub fn start(
+        info: GuestInfo,
+        guest: Guest,
+        log: PathBuf,
+        on_final: OnFinal,
+    ) -> Result<Arc<Runner>, String> {
+        let memory = guest.memory_handle().map_err(|e| e.to_string())?;
+        let (tx, rx) = channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(RunState::Running),
+            changed: Condvar::new(),
+        });
+        let runner = Arc::new(Runner {
+            info: info.clone(),
+            shared: shared.clone(),
+            cmds: Mutex::new(tx),
+            pause: guest.pause_handle(),
+            memory,
+            module: guest.module(),
+            meta: guest.meta(),
+            log,
+            op: Mutex::new(()),
+        });
+        std::thread::Builder::new()
+            .name(format!("guest-{}", info.id))
+            .stack_size(tern_vm::GUEST_THREAD_STACK)
+            .spawn(move || {
+                let end = drive(guest, &rx, &shared);
+                on_final(&info, &end);
+                set(&shared, end);
+            })
+            .map_err(|e| format!("cannot start the guest thread: {e}"))?;
+        Ok(runner)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RunState {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The guest's log file.
+    pub fn log_path(&self) -> &PathBuf {
+        &self.log
+    }
+
+    /// Waits until the state is not `Running` (or `pred` says stop waiting).
+    fn wait_while(&self, pred: impl Fn(&RunState) -> bool) -> RunState {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while pred(&s) {
+            s = self
+                .shared
+                .changed
+                .wait(s)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        s.clone()
+    }
+
+    /// Waits for the guest to end here (exit, failure, stop or handover).
+    pub fn wait_final(&self) -> RunState {
+        self.wait_while(|s| !s.is_final())
+    }
+
+    /// Pauses the guest; returns once paused (or its final state if it ended).
+    pub fn pause_now(&self) -> RunState {
+        if self.state() == RunState::Running {
+            self.pause.request();
+        }
+        self.wait_while(|s| *s == RunState::Running)
+    }
+
+    fn send(&self, c: Cmd) -> Result<(), String> {
+        self.cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(c)
+            .map_err(|_| "the guest is no longer running".to_string())
+    }
+
+    /// Resumes a paused guest.
+    pub fn resume_now(&self) {
+        if self.state() == RunState::Paused {
+            set(&self.shared, RunState::Running);
+            let _ = self.send(Cmd::Resume);
+        }
+    }
+
+    /// Writes the paused guest's image.
+    pub fn save(&self, path: PathBuf) -> Result<CaptureStats, String> {
+        let (tx, rx) = channel();
+        self.send(Cmd::Save(path, tx))?;
+        rx.recv()
+            .map_err(|_| "the guest thread ended".to_string())?
+    }
+
+    /// Ends a paused guest: `Stopped`.
+    pub fn stop_paused(&self) {
+        let _ = self.send(Cmd::Stop);
+        self.wait_final();
+    }
+
+    /// Ends a paused guest that now runs elsewhere: `Released`.
+    pub fn release(&self) {
+        let _ = self.send(Cmd::Release);
+        self.wait_final();
+    }
+}
+
+fn set(shared: &Shared, s: RunState) {
+    *shared.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+    shared.changed.notify_all();
+}
+
+fn drive(mut guest: Guest, rx: &Receiver<Cmd>, shared: &Shared) -> RunState {
+    loop {
+        match guest.run() {
+            Ok(Outcome::Exited(code)) => return RunState::Exited(code),
+            Err(e) => return RunState::Failed(e.to_string()),
+            Ok(Outcome::Paused) => {}
+        }
+        set(shared, RunState::Paused);
+        loop {
+            match rx.recv() {
+                Ok(Cmd::Resume) => break,
+                Ok(Cmd::Capture(tx)) => {
+                    let _ = tx.send(guest.capture().map_err(|e| e.to_string()));
+                }
+                Ok(Cmd::Save(path, tx)) => {
+                    let _ = tx.send(guest.save_image(&path).map_err(|e| e.to_string()));
+                }
+                Ok(Cmd::Release) => return RunState::Released,
+                Ok(Cmd::Stop) | Err(_) => return RunState::Stopped,
+            }
+        }
+    }
+}
+
+/// A runner seen as the source of a migration, with the node's handoff hook.
+pub struct Outgoing<'a> {
+    /// The guest.
+    pub runner: &'a Runner,
+    /// Records the handoff durably (called before `Commit`).
+    pub hand_over: &'a dyn Fn(&str) -> Result<(), String>,
+}
+
+impl SourceGuest for Outgoing<'_> {
+    fn info(&self) -> GuestInfo {
+        self.runner.info.clone()
+    }
+    fn module(&self) -> Result<(Arc<[u8]>, tern_image::Meta), MigrateError> {
+        Ok((self.runner.module.clone(), self.runner.meta.clone()))
+    }
+    fn memory(&self) -> Result<MemoryHandle, MigrateError> {
+        Ok(self.runner.memory.clone())
+    }
+    fn pause(&self) -> Result<(), MigrateError> {
+        match self.runner.pause_now() {
+            RunState::Paused => Ok(()),
+            RunState::Exited(c) => Err(MigrateError::Ended(c)),
+            other => Err(MigrateError::Guest(format!("the guest is {other:?}"))),
+        }
+    }
+    fn capture(&self) -> Result<Captured, MigrateError> {
+        let (tx, rx) = channel();
+        self.runner
+            .send(Cmd::Capture(tx))
+            .map_err(MigrateError::Guest)?;
+        rx.recv()
+            .map_err(|_| MigrateError::Guest("the guest thread ended".into()))?
+            .map_err(MigrateError::Guest)
+    }
+    fn log(&self) -> Result<Vec<u8>, MigrateError> {
+        std::fs::read(&self.runner.log)
+            .map_err(|e| MigrateError::Local(format!("reading the guest's log: {e}")))
+    }
+    fn resume(&self) {
+        self.runner.resume_now();
+    }
+    fn hand_over(&self, migration_id: &str) -> Result<(), MigrateError> {
+        (self.hand_over)(migration_id).map_err(MigrateError::Local)
+    }
+}
