@@ -3,5 +3,6 @@
 
 mod badinput;
 mod checkpoint;
+mod migrate;
 mod support;
 mod wasi_prepared;

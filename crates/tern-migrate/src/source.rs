@@ -494,7 +494,7 @@ fn precopy_rounds(
             return Ok(());
         }
         // Rounds that stop shrinking will not converge: stop after three.
-        if n * 20 >= prev * 19 {
+        if n.saturating_mul(20) >= prev.saturating_mul(19) {
             shrinking_fails += 1;
             if shrinking_fails >= 3 {
                 return Ok(());

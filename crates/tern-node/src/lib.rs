@@ -484,7 +484,24 @@ impl Node {
         opts.listen = self.migrate_addr.clone();
         let to_api = to.to_string();
         let m = mid.clone();
-        std::thread::spawn(move || node.run_migration(&r, &dest.migrate, &to_api, &m, &opts));
+        std::thread::spawn(move || {
+            let run = std::panic::AssertUnwindSafe(|| {
+                node.run_migration(&r, &dest.migrate, &to_api, &m, &opts)
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                // A bug, not a network failure: keep the guest here, running.
+                r.resume_now();
+                if let Some(s) = node
+                    .migrations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&m)
+                {
+                    s.state = "failed".into();
+                    s.error = Some("internal error in the migration (see the node's log)".into());
+                }
+            }
+        });
         Ok(mid)
     }
 
