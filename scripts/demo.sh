@@ -19,7 +19,7 @@ ARGS=(--mem 256 --rate 10 --window 64 --iterations 240)
 
 # Two nodes on free ports; each prints its addresses as its first log line.
 start_node() {
-  "$TERN" node --listen 127.0.0.1:0 --name "$1" --data-dir "$work/$1" 2> "$work/$1.log" &
+  "$TERN" node --listen 127.0.0.1:0 --name "$1" --data-dir "$work/$1" >/dev/null 2> "$work/$1.log" &
   pids+=($!)
   for _ in $(seq 100); do
     grep -q node_started "$work/$1.log" 2>/dev/null && break

@@ -90,11 +90,10 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(r)?);
     } else {
         crate::common::say(format_args!(
-            "migrated {} to {} ({}): {} in {:.1} ms, downtime {:.2} ms, {} rounds, {:.1} MiB sent ({} pages), dirty tracking {}",
+            "migrated {} to {} ({}) in {:.1} ms, downtime {:.2} ms, {} rounds, {:.1} MiB sent ({} pages), dirty tracking {}",
             a.id,
             r["destination_node"].as_str().unwrap_or(&a.to),
             r["strategy"].as_str().unwrap_or(""),
-            a.id,
             r["total_ms"].as_f64().unwrap_or(0.0),
             r["downtime_ms"].as_f64().unwrap_or(0.0),
             r["rounds"],
