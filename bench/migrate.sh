@@ -58,11 +58,12 @@ PY
 }
 
 # Starts the dirtier on node $1 and waits until its working set is touched.
-# Idle: one page every 10 s; otherwise 1 MiB windows at RATE MB/s.
+# Idle: 16 pages (one pacing chunk) every ~65 s; otherwise 1 MiB windows
+# at RATE MB/s.
 start_guest() {
   local api=$1 mem=$2 rate=$3 id
   if [ "$rate" = 0 ]; then
-    id=$("$TERN" run --detach --node "$api" target/guests/dirtier.wasm -- --mem "$mem" --window 1 --rate 0.0004 --iterations 100000000)
+    id=$("$TERN" run --detach --node "$api" target/guests/dirtier.wasm -- --mem "$mem" --window 16 --rate 0.001 --iterations 100000000)
   else
     id=$("$TERN" run --detach --node "$api" target/guests/dirtier.wasm -- --mem "$mem" --window 256 --rate "$rate" --iterations 100000000)
   fi

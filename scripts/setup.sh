@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tern needs on a fresh Debian 12 machine (idempotent):
-# clang + wasi-libc to build guests, binaryen (wasm-opt) for prepare, wabt.
+# clang + wasi-libc to build guests, binaryen (wasm-opt) for prepare, wabt,
+# iproute2 for the network-namespace tests.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,8 @@ ls /usr/lib/llvm-14/lib/clang/14.0.6/lib/wasi/libclang_rt.builtins-wasm32.a >/de
 command -v wasm-opt >/dev/null || need+=(binaryen)
 command -v wasm2wat >/dev/null || need+=(wabt)
 command -v bc >/dev/null || need+=(bc)
+# network namespaces, veth and tc for the migration tests over limited links
+command -v ip >/dev/null && command -v tc >/dev/null || need+=(iproute2)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

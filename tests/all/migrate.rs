@@ -10,27 +10,46 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A node daemon on an ephemeral port, killed with SIGKILL when dropped.
-struct NodeProc {
+pub struct NodeProc {
     child: Child,
     api: String,
+    netns: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+/// `tern`, run inside network namespace `netns` when there is one.
+fn tern_in(netns: Option<&str>) -> std::process::Command {
+    let Some(ns) = netns else { return tern() };
+    let t = tern();
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(t.get_program());
+    for (k, v) in t.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
 }
 
 impl NodeProc {
     fn start(name: &str, env: &[(&str, &str)]) -> NodeProc {
+        Self::start_at(name, env, None, "127.0.0.1:0")
+    }
+
+    /// A node inside network namespace `netns`, listening on `listen`.
+    pub fn start_at(
+        name: &str,
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+        listen: &str,
+    ) -> NodeProc {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = tern();
-        c.args([
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut c = tern_in(netns);
+        c.args(["node", "--listen", listen, "--name", name, "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             c.env(k, v);
         }
@@ -44,12 +63,13 @@ impl NodeProc {
         NodeProc {
             child,
             api,
+            netns: netns.map(str::to_string),
             _dir: dir,
         }
     }
 
     fn cli(&self) -> std::process::Command {
-        let mut c = tern();
+        let mut c = tern_in(self.netns.as_deref());
         c.env("TERN_NODE", &self.api);
         c
     }
@@ -72,7 +92,7 @@ fn ok(c: std::process::Command) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn detach(node: &NodeProc, args: &[&str]) -> String {
+pub fn detach(node: &NodeProc, args: &[&str]) -> String {
     let mut c = node.cli();
     c.arg("run")
         .arg("--detach")
@@ -82,7 +102,7 @@ fn detach(node: &NodeProc, args: &[&str]) -> String {
     ok(c)
 }
 
-fn migrate(from: &NodeProc, id: &str, to: &NodeProc, strategy: &str) -> serde_json::Value {
+pub fn migrate(from: &NodeProc, id: &str, to: &NodeProc, strategy: &str) -> serde_json::Value {
     let mut c = from.cli();
     c.args([
         "migrate",
@@ -96,7 +116,7 @@ fn migrate(from: &NodeProc, id: &str, to: &NodeProc, strategy: &str) -> serde_js
     serde_json::from_str(&ok(c)).unwrap()
 }
 
-fn wait_and_log(node: &NodeProc, id: &str) -> (String, Vec<u8>) {
+pub fn wait_and_log(node: &NodeProc, id: &str) -> (String, Vec<u8>) {
     let mut c = node.cli();
     c.args(["wait", id]);
     let code = ok(c);
@@ -106,7 +126,7 @@ fn wait_and_log(node: &NodeProc, id: &str) -> (String, Vec<u8>) {
     (code, out.stdout)
 }
 
-fn reference(args: &[&str]) -> Vec<u8> {
+pub fn reference(args: &[&str]) -> Vec<u8> {
     let mut c = tern();
     c.arg("run").arg(guest("dirtier")).arg("--").args(args);
     let (out, _) = run(c);
@@ -248,4 +268,149 @@ fn source_dies_after_handoff_guest_continues_on_destination() {
     let (code, log) = wait_and_log(&b, &id);
     assert_eq!(code, "0");
     assert_same_output("dirtier after the source died", &log, &want);
+}
+
+/// Nodes in network namespaces joined by veth pairs to a bridge, each link
+/// limited with `tc tbf`: real TCP over a slow link. Needs root (CI is);
+/// elsewhere the tests say so and pass without running.
+mod netns {
+    use super::*;
+
+    /// Namespaces made for one test, deleted (with their links) on drop.
+    struct Net {
+        names: Vec<String>,
+    }
+
+    impl Drop for Net {
+        fn drop(&mut self) {
+            for n in &self.names {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", n])
+                    .status();
+            }
+        }
+    }
+
+    fn sh(args: &[&str]) -> bool {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `hosts` namespaces on 10.77.<tag>.0/24 behind a bridge, every link at `rate`.
+    fn network(tag: u8, hosts: u8, rate: &str) -> Option<(Net, Vec<String>)> {
+        let id = std::process::id() % 10000;
+        let br = format!("tern{id}-{tag}-br");
+        let mut net = Net { names: vec![] };
+        if !sh(&["ip", "netns", "add", &br]) {
+            eprintln!("skipped: cannot create network namespaces here (needs root and iproute2)");
+            return None;
+        }
+        net.names.push(br.clone());
+        assert!(sh(&[
+            "ip", "-n", &br, "link", "add", "br0", "type", "bridge"
+        ]));
+        assert!(sh(&["ip", "-n", &br, "link", "set", "br0", "up"]));
+        let mut hosts_ns = Vec::new();
+        for i in 1..=hosts {
+            let ns = format!("tern{id}-{tag}-h{i}");
+            let (v, p) = (format!("tv{id}{tag}{i}"), format!("tp{id}{tag}{i}"));
+            let addr = format!("10.77.{tag}.{i}/24");
+            assert!(sh(&["ip", "netns", "add", &ns]));
+            net.names.push(ns.clone());
+            assert!(sh(&[
+                "ip", "link", "add", &v, "type", "veth", "peer", "name", &p
+            ]));
+            assert!(sh(&["ip", "link", "set", &v, "netns", &ns]));
+            assert!(sh(&["ip", "link", "set", &p, "netns", &br]));
+            assert!(sh(&["ip", "-n", &ns, "addr", "add", &addr, "dev", &v]));
+            assert!(sh(&["ip", "-n", &ns, "link", "set", &v, "up"]));
+            assert!(sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]));
+            assert!(sh(&["ip", "-n", &br, "link", "set", &p, "master", "br0"]));
+            assert!(sh(&["ip", "-n", &br, "link", "set", &p, "up"]));
+            assert!(sh(&[
+                "tc", "-n", &ns, "qdisc", "add", "dev", &v, "root", "tbf", "rate", rate, "burst",
+                "256kb", "latency", "100ms",
+            ]));
+            hosts_ns.push(ns);
+        }
+        Some((net, hosts_ns))
+    }
+
+    /// About 10 s of dirtying 128 KiB per iteration at 20 MB/s.
+    const SLOW_DIRTIER: &[&str] = &[
+        "--mem",
+        "32",
+        "--window",
+        "32",
+        "--rate",
+        "20",
+        "--iterations",
+        "1500",
+    ];
+
+    fn nodes(tag: u8, ns: &[String]) -> Vec<NodeProc> {
+        ns.iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let listen = format!("10.77.{tag}.{}:7070", i + 1);
+                NodeProc::start_at(&format!("h{}", i + 1), &[], Some(n), &listen)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_gbit_links_a_to_b_to_c() {
+        let Some((_net, ns)) = network(1, 3, "1gbit") else {
+            return;
+        };
+        let want = reference(SLOW_DIRTIER);
+        let n = nodes(1, &ns);
+        let id = detach(&n[0], SLOW_DIRTIER);
+        std::thread::sleep(Duration::from_millis(800));
+        let r = migrate(&n[0], &id, &n[1], "precopy");
+        assert!(r["rounds"].as_u64().unwrap() >= 2, "{r}");
+        std::thread::sleep(Duration::from_millis(800));
+        migrate(&n[1], &id, &n[2], "precopy");
+        let (code, log) = wait_and_log(&n[2], &id);
+        assert_eq!(code, "0");
+        assert_same_output("dirtier A->B->C over 1 Gbit/s", &log, &want);
+    }
+
+    /// About 13 s of dirtying 128 KiB per iteration at 2 MB/s: below what
+    /// a 100 Mbit/s link carries, so pre-copy converges.
+    const TRICKLE: &[&str] = &[
+        "--mem",
+        "32",
+        "--window",
+        "32",
+        "--rate",
+        "2",
+        "--iterations",
+        "200",
+    ];
+
+    #[test]
+    fn hundred_mbit_links_a_to_b_and_back() {
+        let Some((_net, ns)) = network(2, 2, "100mbit") else {
+            return;
+        };
+        let want = reference(TRICKLE);
+        let n = nodes(2, &ns);
+        let id = detach(&n[0], TRICKLE);
+        std::thread::sleep(Duration::from_millis(800));
+        let r = migrate(&n[0], &id, &n[1], "precopy");
+        // 32 MiB over 100 Mbit/s cannot take less than about 2.7 s.
+        assert!(
+            r["total_ms"].as_f64().unwrap() > 2000.0,
+            "the link was not limited: {r}"
+        );
+        migrate(&n[1], &id, &n[0], "cold");
+        let (code, log) = wait_and_log(&n[0], &id);
+        assert_eq!(code, "0");
+        assert_same_output("dirtier A->B->A over 100 Mbit/s", &log, &want);
+    }
 }

@@ -28,9 +28,15 @@ pub fn runs_of(pages: &[u32]) -> Vec<(u32, u32)> {
     out
 }
 
+/// After a run that lz4 could not shrink, this many runs go raw without
+/// trying: incompressible memory then costs one attempt in 16, not a
+/// compression pass over everything.
+const SKIP_AFTER_MISS: u32 = 15;
+
 /// Encodes one run of page bytes. `skip_zero` drops an all-zero run
-/// entirely (first copy: the destination starts from zeroes).
-pub fn encode_run(first: u32, bytes: &[u8], skip_zero: bool) -> Option<PageRun> {
+/// entirely (first copy: the destination starts from zeroes); `try_lz4`
+/// says whether to attempt compression.
+pub fn encode_run(first: u32, bytes: &[u8], skip_zero: bool, try_lz4: bool) -> Option<PageRun> {
     let count = (bytes.len() / PAGE) as u32;
     if bytes.iter().all(|b| *b == 0) {
         return (!skip_zero).then(|| PageRun {
@@ -41,11 +47,10 @@ pub fn encode_run(first: u32, bytes: &[u8], skip_zero: bool) -> Option<PageRun> 
         });
     }
     let len = bytes.len();
-    let packed = lz4_flex::block::compress(bytes);
-    let (encoding, data) = if packed.len() <= len - len / 8 {
-        (RunData::Lz4, packed)
-    } else {
-        (RunData::Raw, bytes.to_vec())
+    let packed = try_lz4.then(|| lz4_flex::block::compress(bytes));
+    let (encoding, data) = match packed {
+        Some(p) if p.len() <= len - len / 8 => (RunData::Lz4, p),
+        _ => (RunData::Raw, bytes.to_vec()),
     };
     Some(PageRun {
         first,
@@ -63,6 +68,7 @@ pub struct Batcher {
     run: Vec<u8>,
     runs: Vec<PageRun>,
     raw: usize,
+    skip_lz4: u32,
     /// Pages put in runs so far (zero markers included).
     pub pages: u64,
 }
@@ -76,6 +82,7 @@ impl Batcher {
             run: Vec::with_capacity(RUN_PAGES as usize * PAGE),
             runs: Vec::new(),
             raw: 0,
+            skip_lz4: 0,
             pages: 0,
         }
     }
@@ -94,7 +101,12 @@ impl Batcher {
     }
 
     fn close_run(&mut self) {
-        if let Some(run) = encode_run(self.first, &self.run, self.skip_zero) {
+        let try_lz4 = self.skip_lz4 == 0;
+        self.skip_lz4 = self.skip_lz4.saturating_sub(1);
+        if let Some(run) = encode_run(self.first, &self.run, self.skip_zero, try_lz4) {
+            if try_lz4 && run.encoding == RunData::Raw {
+                self.skip_lz4 = SKIP_AFTER_MISS;
+            }
             self.raw += run.data.len();
             self.pages += run.count as u64;
             self.runs.push(run);

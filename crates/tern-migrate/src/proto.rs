@@ -85,6 +85,7 @@ pub struct PageRun {
     /// Encoding of `data`.
     pub encoding: RunData,
     /// The encoded bytes.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -131,6 +132,7 @@ pub enum Message {
         /// Strategy, for the destination's records.
         strategy: Strategy,
         /// postcard-encoded [`tern_image::Meta`].
+        #[serde(with = "serde_bytes")]
         meta: Vec<u8>,
         /// Length of the prepared module that follows in chunks.
         module_len: u64,
@@ -138,7 +140,7 @@ pub enum Message {
         memory_size: u64,
     },
     /// Source -> destination: part of the module.
-    ModuleChunk(Vec<u8>),
+    ModuleChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Source -> destination: pages, with the memory size they belong to.
     Pages {
         /// Memory size now (it may have grown).
@@ -147,7 +149,7 @@ pub enum Message {
         runs: Vec<PageRun>,
     },
     /// Source -> destination: part of the guest's output so far.
-    LogChunk(Vec<u8>),
+    LogChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Source -> destination: the guest is paused; the rest of its state.
     Final {
         /// Memory size in bytes.
@@ -155,8 +157,10 @@ pub enum Message {
         /// Exported mutable globals.
         globals: Vec<tern_image::Global>,
         /// The unwound stack.
+        #[serde(with = "serde_bytes")]
         stack: Vec<u8>,
         /// Encoded host state.
+        #[serde(with = "serde_bytes")]
         host: Vec<u8>,
         /// Total bytes of log sent in `LogChunk`s.
         log_len: u64,
