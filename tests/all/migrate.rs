@@ -414,3 +414,83 @@ mod netns {
         assert_same_output("dirtier A->B->A over 100 Mbit/s", &log, &want);
     }
 }
+
+/// A fake destination: its API answers `/v1/node` with a migration port
+/// that replies with `reply` (garbage, a wrong version, an oversized or a
+/// truncated frame) to whatever it is sent.
+fn fake_destination(reply: Vec<u8>) -> String {
+    use std::io::{Read, Write};
+    let mig = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mig_addr = mig.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in mig.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(&reply);
+        }
+    });
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_addr = api.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in api.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                r#"{{"name":"fake","class":"server","arch":"x86_64","api":"x","migrate":"{mig_addr}","version":"0","protocol":1}}"#
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    api_addr
+}
+
+#[test]
+fn bad_peers_fail_cleanly_and_the_guest_runs_on() {
+    let want = reference(DIRTIER);
+    let a = NodeProc::start("a", &[]);
+    let b = NodeProc::start("b", &[]);
+    let id = detach(&a, DIRTIER);
+    let oversized = (64u32 << 20).to_le_bytes().to_vec();
+    let truncated = vec![200, 0, 0, 0, 1, 2, 3];
+    let garbage = b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec();
+    for (what, reply) in [
+        ("oversized", oversized),
+        ("truncated", truncated),
+        ("garbage", garbage),
+    ] {
+        let fake = fake_destination(reply);
+        let mut c = a.cli();
+        c.args(["migrate", &id, "--to", &fake]);
+        let (out, _) = run(c);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+        assert!(err.contains("failed"), "{what}: {err}");
+    }
+    // Garbage sent to a real node's migration port leaves it working.
+    let info: serde_json::Value = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&b.api).unwrap();
+        write!(s, "GET /v1/node HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).expect(&text)
+    };
+    for junk in [vec![0xffu8; 64], b"TERNMIG\0 but not postcard".to_vec()] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(info["migrate"].as_str().unwrap()).unwrap();
+        let _ = s.write_all(&junk);
+    }
+    // The guest was never paused for long, and still moves and finishes.
+    migrate(&a, &id, &b, "precopy");
+    let (code, log) = wait_and_log(&b, &id);
+    assert_eq!(code, "0");
+    assert_same_output("dirtier after bad peers", &log, &want);
+}

@@ -57,7 +57,9 @@ pub struct Runner {
     shared: Arc<Shared>,
     cmds: Mutex<Sender<Cmd>>,
     pause: PauseHandle,
-    memory: MemoryHandle,
+    /// The guest's memory while it may still run here; dropped when it
+    /// ends, so the mapping is freed once nothing else reads it.
+    memory: Arc<Mutex<Option<MemoryHandle>>>,
     module: Arc<[u8]>,
     meta: tern_image::Meta,
     log: PathBuf,
@@ -74,7 +76,10 @@ impl Runner {
         log: PathBuf,
         on_final: OnFinal,
     ) -> Result<Arc<Runner>, String> {
-        let memory = guest.memory_handle().map_err(|e| e.to_string())?;
+        let memory = Arc::new(Mutex::new(Some(
+            guest.memory_handle().map_err(|e| e.to_string())?,
+        )));
+        let memory_in_thread = memory.clone();
         let (tx, rx) = channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(RunState::Running),
@@ -96,6 +101,10 @@ impl Runner {
             .stack_size(tern_vm::GUEST_THREAD_STACK)
             .spawn(move || {
                 let end = drive(guest, &rx, &shared);
+                memory_in_thread
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 on_final(&info, &end);
                 set(&shared, end);
             })
@@ -225,7 +234,12 @@ impl SourceGuest for Outgoing<'_> {
         Ok((self.runner.module.clone(), self.runner.meta.clone()))
     }
     fn memory(&self) -> Result<MemoryHandle, MigrateError> {
-        Ok(self.runner.memory.clone())
+        self.runner
+            .memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| MigrateError::Guest("the guest has ended".into()))
     }
     fn pause(&self) -> Result<(), MigrateError> {
         match self.runner.pause_now() {
