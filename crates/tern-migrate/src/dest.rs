@@ -168,6 +168,7 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                     }
                 }
                 Message::LogChunk(bytes) => log.extend_from_slice(&bytes),
+                Message::Sync => c.send(&Message::Synced)?,
                 Message::Final {
                     memory_size,
                     globals,

@@ -165,6 +165,12 @@ pub enum Message {
         /// Total bytes of log sent in `LogChunk`s.
         log_len: u64,
     },
+    /// Source -> destination, after a pre-copy round: answer `Synced` once
+    /// everything before has been applied. Keeps the destination's backlog
+    /// out of the downtime and measures the link's real pace.
+    Sync,
+    /// Destination -> source: everything before `Sync` is applied.
+    Synced,
     /// Destination -> source: the guest is restored and ready to run.
     Restored,
     /// Source -> destination: the source let go; run the guest.
@@ -195,6 +201,8 @@ impl Message {
             Message::Pages { .. } => "Pages",
             Message::LogChunk(_) => "LogChunk",
             Message::Final { .. } => "Final",
+            Message::Sync => "Sync",
+            Message::Synced => "Synced",
             Message::Restored => "Restored",
             Message::Commit => "Commit",
             Message::Abort(_) => "Abort",

@@ -124,6 +124,11 @@ pub struct Report {
     pub total_ms: f64,
     /// Guest paused to guest released to run on the destination, in ms.
     pub downtime_ms: f64,
+    /// Part of the downtime spent reaching a migration point.
+    pub pause_ms: f64,
+    /// Part of the downtime between `Final` sent and `Restored` received
+    /// (the destination finishing the guest).
+    pub restore_ms: f64,
     /// Bytes on the wire, both ways, frames included.
     pub bytes_sent: u64,
     /// Pages sent, zero markers included.
@@ -328,6 +333,8 @@ pub fn migrate(
     progress(&prog);
     let t_pause = Instant::now();
     guest.pause()?;
+    let pause_ms = ms(t_pause.elapsed());
+    let mut t_final = t_pause;
     let result = (|| -> Result<(), MigrateError> {
         let t_round = Instant::now();
         let bytes_before = link.bytes;
@@ -368,11 +375,13 @@ pub fn migrate(
         stream
             .set_read_timeout(Some(opts.ack_timeout))
             .map_err(MigrateError::Receive)?;
+        t_final = Instant::now();
         match link.recv()? {
             Message::Restored => Ok(()),
             other => Err(proto::unexpected(&other, "Restored")),
         }
     })();
+    let restore_ms = ms(t_final.elapsed());
     if let Err(e) = result {
         // The destination never confirmed: the guest stays (and runs) here.
         let _ = link.send(&Message::Abort(e.to_string()));
@@ -408,6 +417,8 @@ pub fn migrate(
         dirty_tracking_fallback: fallback,
         total_ms: ms(t0.elapsed()),
         downtime_ms: ms(downtime),
+        pause_ms,
+        restore_ms,
         bytes_sent: link.bytes,
         pages_sent,
         rounds: rounds.len() as u32,
@@ -464,7 +475,13 @@ fn precopy_rounds(
                 .map_err(|e| MigrateError::Memory(e.to_string()))?;
             s.finish()?
         };
+        // Wait until the destination has applied the round.
+        link.send(&Message::Sync)?;
         link.flush()?;
+        match link.recv()? {
+            Message::Synced => {}
+            other => return Err(proto::unexpected(&other, "Synced")),
+        }
         *pages_sent += n;
         let elapsed = t_round.elapsed();
         let bytes = link.bytes - before;
