@@ -1,7 +1,8 @@
 //! The data every guest's wasmtime `Store` carries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::suspend::SuspendState;
 use crate::wasi::WasiCtx;
@@ -11,6 +12,9 @@ use crate::wasi::WasiCtx;
 #[derive(Debug, Default)]
 pub struct Control {
     pause: AtomicBool,
+    /// Wakes a guest sleeping in a blocking WASI call when a pause comes.
+    wake: Condvar,
+    lock: Mutex<()>,
 }
 
 impl Control {
@@ -19,9 +23,31 @@ impl Control {
         self.pause.load(Ordering::Acquire)
     }
 
-    /// Sets or clears the pause request.
+    /// Sets or clears the pause request; a request wakes a guest sleeping
+    /// in [`Control::sleep_unless_paused`].
     pub fn set_pause(&self, on: bool) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.pause.store(on, Ordering::Release);
+        if on {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Sleeps for `d`, or less if a pause is requested meanwhile.
+    pub fn sleep_unless_paused(&self, d: Duration) {
+        let end = Instant::now() + d;
+        let mut g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !self.pause_requested() {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            g = self
+                .wake
+                .wait_timeout(g, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 }
 

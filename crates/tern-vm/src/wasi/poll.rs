@@ -1,7 +1,9 @@
 //! The WASI calls that can block: `poll_oneoff` and `fd_read` on stdin.
 //!
-//! Both wait in slices of at most [`SLICE`], checking for a pause request
-//! between slices. When one arrives they suspend the guest *before* doing
+//! A wait for stdin polls in slices of at most [`SLICE`]; a wait for timers
+//! sleeps until the deadline unless a pause request wakes it
+//! ([`crate::store::Control::sleep_unless_paused`]). Both check for a pause
+//! request after every wake-up. When one arrives they suspend the guest *before* doing
 //! anything visible, recording in [`Pending`] what a restored call needs to
 //! continue (the absolute deadlines), so the call is simply made again after
 //! a restore.
@@ -22,6 +24,8 @@ use crate::suspend::{self, Entry, PendingCall};
 
 /// Longest single wait between pause checks.
 pub(crate) const SLICE: Duration = Duration::from_millis(5);
+/// Longest single sleep of a timer-only wait (a pause request ends it early).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 
 /// Waits up to `timeout` for stdin to be readable (or at end of input).
 fn stdin_ready(timeout: Duration) -> bool {
@@ -254,9 +258,10 @@ pub(crate) fn poll_oneoff(
                 }
             }
             if events.is_empty() {
-                // Nothing yet: wait one slice, bounded by the nearest deadline.
+                // Nothing yet: wait until the nearest deadline (a pause
+                // request wakes the wait), or one slice when stdin is watched.
                 let next = deadlines.iter().flatten().min().copied();
-                let mut wait = SLICE;
+                let mut wait = if waits_on_stdin { SLICE } else { MAX_SLEEP };
                 if let Some(d) = next {
                     wait = wait.min(Duration::from_nanos(d.saturating_sub(now)));
                 }
@@ -272,7 +277,7 @@ pub(crate) fn poll_oneoff(
                 if waits_on_stdin {
                     stdin_ready(wait);
                 } else {
-                    std::thread::sleep(wait);
+                    caller.data().control.sleep_unless_paused(wait);
                 }
                 continue;
             }
