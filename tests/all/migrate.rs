@@ -238,18 +238,34 @@ fn destination_killed_mid_transfer_guest_continues_on_source() {
 }
 
 #[test]
-fn source_dies_after_handoff_guest_continues_on_destination() {
+fn source_killed_after_handoff_guest_continues_on_destination() {
     let want = reference(DIRTIER);
-    let mut a = NodeProc::start("a", &[("TERN_TEST_EXIT_BEFORE_COMMIT", "1")]);
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("handed-over");
+    let mut a = NodeProc::start(
+        "a",
+        &[("TERN_TEST_HANG_BEFORE_COMMIT", marker.to_str().unwrap())],
+    );
     let b = NodeProc::start("b", &[]);
     let id = detach(&a, DIRTIER);
     std::thread::sleep(Duration::from_millis(500));
     let mut c = a.cli();
-    c.args(["migrate", &id, "--to", &b.api]);
-    let (out, _) = run(c);
-    // The source process died mid-request: the CLI reports the failure.
-    assert!(!out.status.success());
+    c.args(["migrate", &id, "--to", &b.api])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut cli = c.spawn().unwrap();
+    // The source recorded the handoff and holds its Commit: SIGKILL it now.
+    let t0 = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the handoff never came"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     a.kill();
+    let _ = cli.kill();
+    let _ = cli.wait();
     // The destination asks the dead source, is refused, and runs the guest.
     let t0 = Instant::now();
     loop {
@@ -493,4 +509,158 @@ fn bad_peers_fail_cleanly_and_the_guest_runs_on() {
     let (code, log) = wait_and_log(&b, &id);
     assert_eq!(code, "0");
     assert_same_output("dirtier after bad peers", &log, &want);
+}
+
+/// A TCP proxy in front of `to` that cuts both directions after forwarding
+/// `limit` bytes from the client; returns its address.
+fn cutting_proxy(to: String, limit: usize) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for client in l.incoming().take(4) {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = std::net::TcpStream::connect(&to) else {
+                continue;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+            });
+            let mut sent = 0;
+            let mut buf = vec![0u8; 64 << 10];
+            while sent < limit {
+                match client.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                }
+            }
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    addr
+}
+
+/// Serves `GET /v1/node` for a fake node whose migration port is `migrate`.
+fn fake_api(migrate: String) -> String {
+    use std::io::{Read, Write};
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = api.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in api.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                r#"{{"name":"proxy","class":"server","arch":"x86_64","api":"x","migrate":"{migrate}","version":"0","protocol":1}}"#
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+fn node_info(n: &NodeProc) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&n.api).unwrap();
+    write!(s, "GET /v1/node HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default()).expect(&text)
+}
+
+#[test]
+fn connection_cut_mid_transfer_guest_continues_on_source() {
+    let want = reference(DIRTIER);
+    let a = NodeProc::start("a", &[]);
+    let b = NodeProc::start("b", &[]);
+    let id = detach(&a, DIRTIER);
+    std::thread::sleep(Duration::from_millis(500));
+    let b_migrate = node_info(&b)["migrate"].as_str().unwrap().to_string();
+    let via = fake_api(cutting_proxy(b_migrate, 8 << 20));
+    let mut c = a.cli();
+    c.args(["migrate", &id, "--to", &via]);
+    let (out, _) = run(c);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let (code, log) = wait_and_log(&a, &id);
+    assert_eq!(code, "0");
+    assert_same_output("dirtier after a cut connection", &log, &want);
+    // B never ran it.
+    let mut c = b.cli();
+    c.args(["ps", "--json"]);
+    assert_eq!(ok(c), "[]");
+}
+
+#[test]
+fn node_checkpoint_restore_and_restart_reports_lost_guests() {
+    let want = reference(DIRTIER);
+    let a = NodeProc::start("a", &[]);
+    let b = NodeProc::start("b", &[]);
+    let id = detach(&a, DIRTIER);
+    std::thread::sleep(Duration::from_millis(800));
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("g.tern");
+    let mut c = a.cli();
+    c.args(["checkpoint", &id, "--image"]).arg(&image);
+    ok(c);
+    let mut c = a.cli();
+    c.args(["logs", &id]);
+    let (first, _) = run(c);
+    let mut c = b.cli();
+    c.arg("restore").arg(&image);
+    assert_eq!(ok(c), id, "the guest keeps its id");
+    let (code, rest) = wait_and_log(&b, &id);
+    assert_eq!(code, "0");
+    let mut all = first.stdout;
+    all.extend_from_slice(&rest);
+    assert_same_output("dirtier checkpointed on a, restored on b", &all, &want);
+
+    // A node killed while a guest runs reports it lost after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let start = |d: &std::path::Path| {
+        let mut c = tern();
+        c.args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+        (child, v["api"].as_str().unwrap().to_string())
+    };
+    let (mut child, api) = start(dir.path());
+    let mut c = tern();
+    c.env("TERN_NODE", &api)
+        .args(["run", "--detach"])
+        .arg(guest("dirtier"))
+        .arg("--")
+        .args(DIRTIER);
+    let lost = ok(c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, api) = start(dir.path());
+    let mut c = tern();
+    c.env("TERN_NODE", &api).args(["ps", "--json"]);
+    let ps: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(ps[0]["id"], lost.as_str());
+    assert_eq!(ps[0]["state"], "lost", "{ps}");
+    let mut c = tern();
+    c.env("TERN_NODE", &api).args(["wait", &lost]);
+    let (out, _) = run(c);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lost"), "{}", stderr(&out));
+    let _ = child.kill();
+    let _ = child.wait();
 }

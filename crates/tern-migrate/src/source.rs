@@ -396,10 +396,14 @@ pub fn migrate(
         guest.resume();
         return Err(e);
     }
-    if std::env::var_os("TERN_TEST_EXIT_BEFORE_COMMIT").is_some() {
-        // Fault injection for tests: die between handoff and Commit, as a
-        // node killed at that moment would.
-        std::process::exit(9);
+    if let Some(marker) = std::env::var_os("TERN_TEST_HANG_BEFORE_COMMIT") {
+        // Fault injection for tests: stop between the handoff and Commit and
+        // say so through a file, so a test can kill the node (SIGKILL) at
+        // exactly this moment.
+        let _ = std::fs::write(marker, opts.migration_id.as_bytes());
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
     }
     // Best effort: the handoff is recorded, so a destination that misses
     // the Commit learns the outcome through `Resolve`.
