@@ -446,24 +446,7 @@ fn fake_destination(reply: Vec<u8>) -> String {
             let _ = s.write_all(&reply);
         }
     });
-    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let api_addr = api.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for s in api.incoming().take(4) {
-            let Ok(mut s) = s else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let body = format!(
-                r#"{{"name":"fake","class":"server","arch":"x86_64","api":"x","migrate":"{mig_addr}","version":"0","protocol":1}}"#
-            );
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    api_addr
+    fake_api(mig_addr)
 }
 
 #[test]
@@ -490,15 +473,7 @@ fn bad_peers_fail_cleanly_and_the_guest_runs_on() {
         assert!(err.contains("failed"), "{what}: {err}");
     }
     // Garbage sent to a real node's migration port leaves it working.
-    let info: serde_json::Value = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&b.api).unwrap();
-        write!(s, "GET /v1/node HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        serde_json::from_str(body).expect(&text)
-    };
+    let info = node_info(&b);
     for junk in [vec![0xffu8; 64], b"TERNMIG\0 but not postcard".to_vec()] {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(info["migrate"].as_str().unwrap()).unwrap();
