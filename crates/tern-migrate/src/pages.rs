@@ -16,18 +16,6 @@ pub const RUN_PAGES: u32 = 64;
 /// Most raw bytes of pages in one `Pages` message (well under `MAX_FRAME`).
 pub const BATCH_BYTES: usize = 2 << 20;
 
-/// Splits sorted page indices into runs of consecutive pages.
-pub fn runs_of(pages: &[u32]) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    for &p in pages {
-        match out.last_mut() {
-            Some((first, count)) if *first + *count == p && *count < RUN_PAGES => *count += 1,
-            _ => out.push((p, 1)),
-        }
-    }
-    out
-}
-
 /// After a run that lz4 could not shrink, this many runs go raw without
 /// trying: incompressible memory then costs one attempt in 16, not a
 /// compression pass over everything.
@@ -172,14 +160,6 @@ pub fn apply_run(mem: &mut [u8], run: &PageRun) -> Result<(), MigrateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runs_group_consecutive_pages() {
-        assert_eq!(runs_of(&[]), vec![]);
-        assert_eq!(runs_of(&[1, 2, 3, 7, 9, 10]), vec![(1, 3), (7, 1), (9, 2)]);
-        let long: Vec<u32> = (0..RUN_PAGES + 5).collect();
-        assert_eq!(runs_of(&long), vec![(0, RUN_PAGES), (RUN_PAGES, 5)]);
-    }
 
     #[test]
     fn batcher_runs_round_trip() {
