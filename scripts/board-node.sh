@@ -9,4 +9,8 @@ cd "$(dirname "$0")/.."
 bin=target/aarch64/aarch64-unknown-linux-gnu/release/tern
 [ -x "$bin" ] || scripts/build-aarch64.sh >/dev/null
 case " $* " in *" --class "*) class=() ;; *) class=(--class board) ;; esac
-exec qemu-aarch64 -L /usr/aarch64-linux-gnu "$bin" node "${class[@]}" "$@"
+# The aarch64 libc comes from Debian's multiarch libc6:arm64 (installed with
+# the cross toolchain), so the loader must come from there too: `-L /`.
+# /usr/aarch64-linux-gnu holds an older cross glibc whose ld.so does not
+# match that libc; mixing the two makes pthread_create spin forever.
+exec qemu-aarch64 -L / "$bin" node "${class[@]}" "$@"

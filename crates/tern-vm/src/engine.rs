@@ -39,11 +39,6 @@ impl Runtime {
             .max_wasm_stack(MAX_WASM_STACK)
             // Traps are reported in one line; backtraces only add noise.
             .wasm_backtrace_max_frames(None);
-        // Under qemu-user (the aarch64 board stand-in) wasmtime's parallel
-        // compilation hangs; a real board has few cores anyway.
-        if cfg!(target_arch = "aarch64") || std::env::var_os("TERN_SERIAL_COMPILE").is_some() {
-            config.parallel_compilation(false);
-        }
         let engine = Engine::new(&config).map_err(|e| VmError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker).map_err(|e| VmError::Engine(e.to_string()))?;
