@@ -41,6 +41,27 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}`: {e}"))
 }
 
+/// Parses a byte size: `4096`, `512KiB`, `256MiB`, `1GiB` (or `K`, `M`,
+/// `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size `{s}` (e.g. 512MiB, 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("invalid size `{s}`: unknown unit `{unit}`")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size `{s}` is too large"))
+}
+
 /// The runtime with Tern's compile cache.
 pub fn runtime() -> anyhow::Result<Runtime> {
     Ok(Runtime::new(Some(tern_prepare::default_cache_dir()))?)
@@ -155,4 +176,22 @@ pub fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// True when Tern may print progress (stderr is a terminal).
 pub fn chatty() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

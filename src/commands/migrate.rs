@@ -101,6 +101,14 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
             r["pages_sent"],
             r["dirty_tracking"].as_str().unwrap_or(""),
         ));
+        let saved = r["bytes_saved"].as_u64().unwrap_or(0);
+        if r["base_pages"].as_u64().unwrap_or(0) > 0 {
+            crate::common::say(format_args!(
+                "the destination still held the guest from when it left: {:.1} MiB not sent ({} pages unchanged)",
+                saved as f64 / 1048576.0,
+                r["pages_reused"],
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,15 @@ pub struct NodeArgs {
     /// Node class.
     #[arg(long, default_value = "server", value_parser = ["server", "board"])]
     class: String,
+    /// Keep the image of a guest that migrates away this long, so that if
+    /// it comes back only the pages it changed meanwhile are sent (0: never).
+    #[arg(long, value_name = "DURATION", default_value = "10m",
+          value_parser = crate::common::parse_duration)]
+    keep_departed: std::time::Duration,
+    /// Most disk space those images take in all; the oldest go first.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB",
+          value_parser = crate::common::parse_size)]
+    keep_departed_size: u64,
 }
 
 /// Runs the daemon until killed.
@@ -56,6 +65,8 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         listen: api.clone(),
         migrate_listen,
         data_dir: a.data_dir.clone(),
+        keep_departed: a.keep_departed,
+        keep_departed_bytes: a.keep_departed_size,
     })
     .map_err(anyhow::Error::msg)?;
     log_event(

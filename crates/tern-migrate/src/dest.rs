@@ -2,11 +2,13 @@
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tern_vm::wasi::OutputSink;
 use tern_vm::{Guest, Incoming, Runtime};
 
+use crate::base::hash_messages;
 use crate::pages::apply_run;
 use crate::proto::{self, GuestInfo, Message, MAX_MODULE};
 use crate::MigrateError;
@@ -27,7 +29,16 @@ pub trait DestHost {
     /// Source side of `Resolve`: true if this node handed `migration_id`'s
     /// guest over (the destination must run it).
     fn handed_over(&self, migration_id: &str) -> bool;
+    /// The image this node kept of `guest` when it last left, if any: the
+    /// base the source then sends only the difference to.
+    fn base_image(&self, guest: &GuestInfo) -> Option<PathBuf>;
+    /// The base image at `path` could not be used, for `why` (the source
+    /// then sends everything).
+    fn base_unusable(&self, guest: &GuestInfo, path: &Path, why: &str);
 }
+
+/// Largest base image read (guest memory is at most 4 GiB).
+const MAX_BASE_IMAGE: u64 = 5 << 30;
 
 /// What a served connection was.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +59,13 @@ struct Conn {
 
 impl Conn {
     fn send(&mut self, m: &Message) -> Result<(), MigrateError> {
-        proto::send(&mut self.w, m)?;
+        self.send_buffered(m)?;
+        self.flush()
+    }
+    fn send_buffered(&mut self, m: &Message) -> Result<(), MigrateError> {
+        proto::send(&mut self.w, m).map(|_| ())
+    }
+    fn flush(&mut self) -> Result<(), MigrateError> {
         self.w.flush().map_err(MigrateError::Send)
     }
     fn recv(&mut self) -> Result<Message, MigrateError> {
@@ -105,6 +122,7 @@ pub fn serve(stream: TcpStream, host: &dyn DestHost) -> Result<Served, MigrateEr
                 memory_size,
                 from_node,
                 source_listen,
+                version,
             },
         ),
         other => Err(proto::unexpected(&other, "Begin or Resolve")),
@@ -119,6 +137,30 @@ struct Begun {
     memory_size: u64,
     from_node: String,
     source_listen: String,
+    version: u32,
+}
+
+/// Fills `incoming`'s memory from the image at `path` of the same guest and
+/// module; returns the memory size it covers.
+fn load_base(
+    incoming: &mut Incoming,
+    path: &Path,
+    meta: &tern_image::Meta,
+    memory_size: u64,
+) -> Result<u64, String> {
+    let bytes = tern_image::read_bytes(path, MAX_BASE_IMAGE).map_err(|e| e.to_string())?;
+    let view = tern_image::view(&bytes).map_err(|e| e.to_string())?;
+    if view.meta.guest_id != meta.guest_id || view.meta.prepared_digest != meta.prepared_digest {
+        return Err("it is of another guest or module".into());
+    }
+    if view.memory_size() > memory_size {
+        return Err(format!(
+            "its memory ({} bytes) is larger than the guest's ({memory_size} bytes)",
+            view.memory_size()
+        ));
+    }
+    incoming.load_memory(&view).map_err(|e| e.to_string())?;
+    Ok(view.memory_size())
 }
 
 fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, MigrateError> {
@@ -156,6 +198,21 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                 .set_memory_size(size)
                 .map_err(|e| MigrateError::Guest(e.to_string()))
         };
+        if b.version >= 2 {
+            // Start from the guest as it left this node, if it did, and tell
+            // the source what that holds. A base that cannot be used is no
+            // base: the source then sends everything.
+            let base = host.base_image(&b.guest).and_then(|path| {
+                load_base(&mut incoming, &path, &meta, b.memory_size)
+                    .map_err(|why| host.base_unusable(&b.guest, &path, &why))
+                    .ok()
+            });
+            let held = base.map_or(0, |size| size as usize);
+            for msg in hash_messages(&incoming.memory_mut()[..held]) {
+                c.send_buffered(&msg)?;
+            }
+            c.flush()?;
+        }
         grow(&mut incoming, b.memory_size)?;
         let mut log = Vec::new();
         loop {

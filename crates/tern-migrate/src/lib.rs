@@ -21,6 +21,7 @@
 //! runs the guest. `docs/migration.md` has the sequence diagram and the
 //! state machine.
 
+pub mod base;
 pub mod dest;
 pub mod pages;
 pub mod proto;

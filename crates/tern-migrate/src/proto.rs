@@ -20,7 +20,7 @@ use crate::MigrateError;
 /// First bytes of every `Hello`: a listener that sees anything else hangs up.
 pub const MAGIC: [u8; 8] = *b"TERNMIG\0";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest version this build still accepts: the previous one
 /// (`PROTOCOL_VERSION - 1`), but never below 1, the first version.
 pub const OLDEST_VERSION: u32 = 1;
@@ -141,6 +141,20 @@ pub enum Message {
     },
     /// Source -> destination: part of the module.
     ModuleChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Destination -> source (protocol 2), after the last module chunk: the
+    /// guest's memory as this node kept it when the guest left (its base),
+    /// as one 16-byte [`crate::pages::page_hash`] per 4 KiB page. The source
+    /// then sends only the pages that differ. Repeated until `first` plus
+    /// the hashes in this message reaches `total`; `total` 0: no base.
+    BaseHashes {
+        /// Pages the base covers (from page 0).
+        total: u32,
+        /// Index of the first page hashed in this message.
+        first: u32,
+        /// The hashes, 16 bytes each.
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
     /// Source -> destination: pages, with the memory size they belong to.
     Pages {
         /// Memory size now (it may have grown).
@@ -198,6 +212,7 @@ impl Message {
             Message::Welcome { .. } => "Welcome",
             Message::Begin { .. } => "Begin",
             Message::ModuleChunk(_) => "ModuleChunk",
+            Message::BaseHashes { .. } => "BaseHashes",
             Message::Pages { .. } => "Pages",
             Message::LogChunk(_) => "LogChunk",
             Message::Final { .. } => "Final",

@@ -10,6 +10,7 @@ use tern_vm::dirty::{DirtyTracker, Prefer};
 use tern_vm::memory::MemoryHandle;
 use tern_vm::Captured;
 
+use crate::base::Base;
 use crate::pages::{Batcher, PAGE, RUN_PAGES};
 use crate::proto::{self, GuestInfo, Message, Strategy, LOG_CHUNK, MODULE_CHUNK};
 use crate::MigrateError;
@@ -139,6 +140,51 @@ pub struct Report {
     pub round_stats: Vec<RoundStat>,
     /// Guest memory size at the end, in bytes.
     pub memory_bytes: u64,
+    /// Pages of the guest's memory the destination still held from when
+    /// the guest last left it (0: it held none).
+    #[serde(default)]
+    pub base_pages: u64,
+    /// Non-zero pages not sent because the destination held them already.
+    #[serde(default)]
+    pub pages_reused: u64,
+    /// Page bytes those saved (`pages_reused` x 4096).
+    #[serde(default)]
+    pub bytes_saved: u64,
+}
+
+/// Decides which pages the first full copy sends when the destination holds
+/// a base: only pages whose bytes it does not hold already.
+struct FirstCopy<'b> {
+    base: &'b Base,
+    reused: u64,
+}
+
+impl FirstCopy<'_> {
+    /// True when page `index` with bytes `page` must be sent.
+    fn wanted(&mut self, index: u32, page: &[u8]) -> bool {
+        if self.base.pages() == 0 {
+            return true;
+        }
+        if self.base.holds(index, page) {
+            if !is_zero(page) {
+                self.reused += 1;
+            }
+            return false;
+        }
+        // Inside the base a differing page goes even when zero (the base
+        // has other bytes there); past it the destination has zeroes.
+        (index as u64) < self.base.pages() || !is_zero(page)
+    }
+
+    /// The batcher's zero rule: zero runs are dropped only with no base.
+    fn skip_zero(&self) -> bool {
+        self.base.pages() == 0
+    }
+}
+
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8-byte chunk")) == 0)
 }
 
 struct Link {
@@ -212,9 +258,14 @@ impl<'a> Sender<'a> {
     }
 }
 
-/// Sends every non-zero page of memory (cold migration: the guest is paused).
-fn send_all(link: &mut Link, mem: &MemoryHandle) -> Result<u64, MigrateError> {
-    let mut s = Sender::new(link, mem, true);
+/// Sends every page of memory the destination needs (cold migration: the
+/// guest is paused).
+fn send_all(
+    link: &mut Link,
+    mem: &MemoryHandle,
+    first_copy: &mut FirstCopy,
+) -> Result<u64, MigrateError> {
+    let mut s = Sender::new(link, mem, first_copy.skip_zero());
     let mut buf = vec![0u8; RUN_PAGES as usize * PAGE];
     let pages = (mem.len() / PAGE) as u32;
     let mut first = 0u32;
@@ -224,7 +275,10 @@ fn send_all(link: &mut Link, mem: &MemoryHandle) -> Result<u64, MigrateError> {
         mem.read(first as usize * PAGE, bytes)
             .map_err(|e| MigrateError::Memory(e.to_string()))?;
         for (i, page) in bytes.chunks(PAGE).enumerate() {
-            s.push(first + i as u32, page);
+            let index = first + i as u32;
+            if first_copy.wanted(index, page) {
+                s.push(index, page);
+            }
         }
         first += n;
     }
@@ -277,8 +331,8 @@ pub fn migrate(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(MigrateError::Receive)?;
-    let destination_node = match link.recv()? {
-        Message::Welcome { node, .. } => node,
+    let (version, destination_node) = match link.recv()? {
+        Message::Welcome { version, node, .. } => (version, node),
         other => return Err(proto::unexpected(&other, "Welcome")),
     };
 
@@ -296,6 +350,18 @@ pub fn migrate(
     for chunk in module.chunks(MODULE_CHUNK) {
         link.send(&Message::ModuleChunk(chunk.to_vec()))?;
     }
+    // From protocol 2 on, the destination says what it still holds of the
+    // guest from when it last left it.
+    let base = if version >= 2 {
+        link.flush()?;
+        Base::receive(|| link.recv())?
+    } else {
+        Base::default()
+    };
+    let mut first_copy = FirstCopy {
+        base: &base,
+        reused: 0,
+    };
     prog.memory_bytes = mem.len() as u64;
     prog.phase = "copying".into();
 
@@ -318,6 +384,7 @@ pub fn migrate(
                 &mut link,
                 &mem,
                 &mut tracker,
+                &mut first_copy,
                 opts,
                 &mut rounds,
                 &mut pages_sent,
@@ -339,7 +406,7 @@ pub fn migrate(
         let t_round = Instant::now();
         let bytes_before = link.bytes;
         let n = match tracker.as_mut() {
-            None => send_all(&mut link, &mem)?,
+            None => send_all(&mut link, &mem, &mut first_copy)?,
             Some((t, tracked)) => {
                 grow(t, tracked, &mem)?;
                 let mut s = Sender::new(&mut link, &mem, false);
@@ -428,6 +495,9 @@ pub fn migrate(
         rounds: rounds.len() as u32,
         round_stats: rounds,
         memory_bytes: mem.len() as u64,
+        base_pages: base.pages(),
+        pages_reused: first_copy.reused,
+        bytes_saved: first_copy.reused * PAGE as u64,
     })
 }
 
@@ -452,6 +522,7 @@ fn precopy_rounds(
     link: &mut Link,
     mem: &MemoryHandle,
     tracker: &mut (DirtyTracker, usize),
+    first_copy: &mut FirstCopy,
     opts: &Options,
     rounds: &mut Vec<RoundStat>,
     pages_sent: &mut u64,
@@ -468,9 +539,13 @@ fn precopy_rounds(
         let t_round = Instant::now();
         let before = link.bytes;
         let n = if round == 1 {
-            // Everything that is not zero.
-            let mut s = Sender::new(link, mem, true);
-            t.copy_all(|i, p| s.push(i, p));
+            // Everything that is not zero and not held by the destination.
+            let mut s = Sender::new(link, mem, first_copy.skip_zero());
+            t.copy_all(|i, p| {
+                if first_copy.wanted(i, p) {
+                    s.push(i, p)
+                }
+            });
             s.finish()?
         } else {
             grow(t, tracked, mem)?;

@@ -10,6 +10,7 @@
 //! guest's whole output, which moves with the guest).
 
 pub mod api;
+pub mod departed;
 pub mod registry;
 pub mod runner;
 
@@ -41,6 +42,10 @@ pub struct NodeConfig {
     pub migrate_listen: String,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// How long to keep the image of a guest that left (0: not at all).
+    pub keep_departed: std::time::Duration,
+    /// Most bytes of such images kept in all.
+    pub keep_departed_bytes: u64,
 }
 
 /// What `GET /v1/node` answers.
@@ -106,6 +111,8 @@ pub struct Node {
     registry: Mutex<Registry>,
     runners: Mutex<BTreeMap<String, Arc<Runner>>>,
     migrations: Mutex<BTreeMap<String, MigrationStatus>>,
+    /// Images of guests that left, for their return.
+    departed: Arc<departed::Departed>,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -159,6 +166,11 @@ impl Node {
         std::fs::create_dir_all(config.data_dir.join("guests"))
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
         let registry = Registry::load(&config.data_dir)?;
+        let departed = Arc::new(departed::Departed::open(
+            &config.data_dir,
+            config.keep_departed,
+            config.keep_departed_bytes,
+        )?);
         let runtime =
             Runtime::new(Some(tern_prepare::default_cache_dir())).map_err(|e| e.to_string())?;
         let listener = TcpListener::bind(&config.migrate_listen).map_err(|e| {
@@ -178,6 +190,7 @@ impl Node {
             registry: Mutex::new(registry),
             runners: Mutex::new(BTreeMap::new()),
             migrations: Mutex::new(BTreeMap::new()),
+            departed,
             metrics: Metrics::default(),
         });
         let n = node.clone();
@@ -536,8 +549,8 @@ impl Node {
             }
         };
         let result = tern_migrate::migrate(&out, to, opts, &mut progress);
-        if result.is_ok() {
-            r.release();
+        if let Ok(report) = &result {
+            r.release(self.keep_departed(&r.info.id, report.memory_bytes));
         }
         let mut all = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
         let Some(s) = all.get_mut(mid) else { return };
@@ -570,6 +583,28 @@ impl Node {
                 s.error = Some(e.to_string());
             }
         }
+    }
+
+    /// What to do with a guest that just left: keep its image for a
+    /// return, when the budget admits it.
+    fn keep_departed(&self, id: &str, memory_bytes: u64) -> Option<runner::AfterRelease> {
+        if !self.departed.admits(memory_bytes) {
+            return None;
+        }
+        let departed = self.departed.clone();
+        let id = id.to_string();
+        Some(Box::new(move |guest: &mut Guest| {
+            match departed.store(&id, guest) {
+                Ok(bytes) => log_event(
+                    "departed_kept",
+                    serde_json::json!({ "guest": id, "image_bytes": bytes }),
+                ),
+                Err(e) => log_event(
+                    "departed_not_kept",
+                    serde_json::json!({ "guest": id, "error": e }),
+                ),
+            }
+        }))
     }
 
     fn append_history(&self, report: &tern_migrate::Report) {
@@ -625,6 +660,8 @@ impl tern_migrate::DestHost for Dest {
     }
     fn adopt(&self, guest: GuestInfo, g: Guest, migration_id: &str, from_node: &str) {
         self.0.metrics.migrations_in.fetch_add(1, Ordering::Relaxed);
+        // Back here: the image kept from when it left is out of date.
+        self.0.departed.remove(&guest.id);
         let log = self.0.guest_dir(&guest.id).join("log");
         if let Err(e) = self
             .0
@@ -640,6 +677,15 @@ impl tern_migrate::DestHost for Dest {
         if self.0.runner(&guest.id).is_none() {
             let _ = std::fs::remove_dir_all(self.0.guest_dir(&guest.id));
         }
+    }
+    fn base_image(&self, guest: &GuestInfo) -> Option<PathBuf> {
+        self.0.departed.find(&guest.id)
+    }
+    fn base_unusable(&self, guest: &GuestInfo, path: &std::path::Path, why: &str) {
+        log_event(
+            "base_unused",
+            serde_json::json!({ "guest": guest.id, "image": path, "why": why }),
+        );
     }
     fn handed_over(&self, migration_id: &str) -> bool {
         let reg = self.0.registry.lock().unwrap_or_else(|e| e.into_inner());

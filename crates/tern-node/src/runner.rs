@@ -37,11 +37,15 @@ type Reply<T> = Sender<Result<T, String>>;
 /// Called on the guest's thread when it will not run here again.
 pub type OnFinal = Arc<dyn Fn(&GuestInfo, &RunState) + Send + Sync>;
 
+/// Runs on the guest's thread with the released (paused) guest, after its
+/// state says `Released`: e.g. keeps its image for a return.
+pub type AfterRelease = Box<dyn FnOnce(&mut Guest) + Send>;
+
 enum Cmd {
     Resume,
     Capture(Reply<Captured>),
     Save(PathBuf, Reply<CaptureStats>),
-    Release,
+    Release(Option<AfterRelease>),
     Stop,
 }
 
@@ -100,13 +104,16 @@ impl Runner {
             .name(format!("guest-{}", info.id))
             .stack_size(tern_vm::GUEST_THREAD_STACK)
             .spawn(move || {
-                let end = drive(guest, &rx, &shared);
+                let (end, after) = drive(guest, &rx, &shared);
                 memory_in_thread
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 on_final(&info, &end);
                 set(&shared, end);
+                if let Some((mut guest, after)) = after {
+                    after(&mut guest);
+                }
             })
             .map_err(|e| format!("cannot start the guest thread: {e}"))?;
         Ok(runner)
@@ -182,9 +189,10 @@ impl Runner {
         self.wait_final();
     }
 
-    /// Ends a paused guest that now runs elsewhere: `Released`.
-    pub fn release(&self) {
-        let _ = self.send(Cmd::Release);
+    /// Ends a paused guest that now runs elsewhere: `Released`; `after`
+    /// then runs on the guest's thread with the guest.
+    pub fn release(&self, after: Option<AfterRelease>) {
+        let _ = self.send(Cmd::Release(after));
         self.wait_final();
     }
 }
@@ -194,11 +202,13 @@ fn set(shared: &Shared, s: RunState) {
     shared.changed.notify_all();
 }
 
-fn drive(mut guest: Guest, rx: &Receiver<Cmd>, shared: &Shared) -> RunState {
+type Released = Option<(Guest, AfterRelease)>;
+
+fn drive(mut guest: Guest, rx: &Receiver<Cmd>, shared: &Shared) -> (RunState, Released) {
     loop {
         match guest.run() {
-            Ok(Outcome::Exited(code)) => return RunState::Exited(code),
-            Err(e) => return RunState::Failed(e.to_string()),
+            Ok(Outcome::Exited(code)) => return (RunState::Exited(code), None),
+            Err(e) => return (RunState::Failed(e.to_string()), None),
             Ok(Outcome::Paused) => {}
         }
         set(shared, RunState::Paused);
@@ -211,8 +221,8 @@ fn drive(mut guest: Guest, rx: &Receiver<Cmd>, shared: &Shared) -> RunState {
                 Ok(Cmd::Save(path, tx)) => {
                     let _ = tx.send(guest.save_image(&path).map_err(|e| e.to_string()));
                 }
-                Ok(Cmd::Release) => return RunState::Released,
-                Ok(Cmd::Stop) | Err(_) => return RunState::Stopped,
+                Ok(Cmd::Release(after)) => return (RunState::Released, after.map(|a| (guest, a))),
+                Ok(Cmd::Stop) | Err(_) => return (RunState::Stopped, None),
             }
         }
     }
