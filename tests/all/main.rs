@@ -3,6 +3,7 @@
 
 mod badinput;
 mod checkpoint;
+mod cross;
 mod migrate;
 mod support;
 mod wasi_prepared;

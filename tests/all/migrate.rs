@@ -12,7 +12,7 @@ use crate::support::*;
 /// A node daemon on an ephemeral port, killed with SIGKILL when dropped.
 pub struct NodeProc {
     child: Child,
-    api: String,
+    pub api: String,
     netns: Option<String>,
     _dir: tempfile::TempDir,
 }
@@ -591,7 +591,7 @@ fn fake_api(migrate: String) -> String {
     addr
 }
 
-fn node_info(n: &NodeProc) -> serde_json::Value {
+pub fn node_info(n: &NodeProc) -> serde_json::Value {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&n.api).unwrap();
     write!(s, "GET /v1/node HTTP/1.0\r\nhost: x\r\n\r\n").unwrap();
