@@ -43,7 +43,8 @@ start_node() {
   "${in[@]}" "$TERN" node --listen "$listen" --name "$1" --data-dir "$work/$1" >/dev/null 2> "$work/$1.log" &
   pids+=($!)
   for _ in $(seq 200); do grep -q node_started "$work/$1.log" 2>/dev/null && break; sleep 0.05; done
-  sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$1.log" | head -n1
+  # Not printed for $(...): pids must reach this shell for the cleanup.
+  api=$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$1.log" | head -n1)
 }
 
 # TCP bandwidth from A's side to B's in bytes/s (python3): 1 GiB on
@@ -120,7 +121,7 @@ print("%s,%.2f,%.1f,%d,%d,%d" % (r["dirty_tracking"], r["downtime_ms"], r["total
 
 tern_matrix() {
   local A B bw csv=$OUT/migrate_${1:-loopback}.csv
-  A=$(start_node a); B=$(start_node b)
+  start_node a; A=$api; start_node b; B=$api
   if [ "${1:-loopback}" = veth ]; then bw=$(link_bw 10.78.0.2 268435456); else bw=$(link_bw); fi
   echo "mem_mib,dirty_mb_s,strategy,dirty_tracking,downtime_ms,total_ms,bytes_sent,pages_sent,rounds,touched_bytes,bytes_over_touched,link_bytes_s,total_over_touched_by_bw" > "$csv"
   for mem in $MEMS; do
@@ -150,7 +151,7 @@ qemu_side_by_side() {
         printf 'qemu,%s,%s,%s,%s,%s,%s,%.2f,%s\n' "$strategy" "$ws" "$dirty" "$down" "$total" "$mib" \
           "$(echo "$mib / $ws" | bc -l)" "$completed" | tee -a "$csv"
       done || echo "qemu anchor failed: $(tail -n 3 "$work/qemu.err")" >&2
-  A=$(start_node qa); B=$(start_node qb)
+  start_node qa; A=$api; start_node qb; B=$api
   for dirty in 0 10 100; do
     for budget in 300 50; do
       local rate id json

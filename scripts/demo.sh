@@ -31,10 +31,11 @@ start_node() {
     grep -q node_started "$work/$name.log" 2>/dev/null && break
     sleep 0.05
   done
-  sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$name.log" | head -n1
+  # Not printed for $(...): pids must reach this shell for the cleanup.
+  api=$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$name.log" | head -n1)
 }
-S=$(start_node server "$TERN" node)
-B=$(start_node board qemu-aarch64 -L / "$BOARD_TERN" node --class board)
+start_node server "$TERN" node; S=$api
+start_node board qemu-aarch64 -L / "$BOARD_TERN" node --class board; B=$api
 echo "== server node ($(uname -m)) at $S, board node (aarch64 under qemu-aarch64) at $B"
 
 echo "== uninterrupted run of the memory dirtier (${ARGS[*]}), for reference"
