@@ -370,24 +370,23 @@ impl DirtyTracker {
     }
 
     /// Rehashes every page, reporting (through `each`) those whose hash
-    /// changed or which are forced. Returns the count.
+    /// changed or which are forced. Returns the count. The scan runs on all
+    /// cores for large memories (it is the whole of the downtime's copy
+    /// phase with this method); each reported page is then read once more
+    /// and its stored hash set from exactly the bytes handed to `each`.
     fn hash_pass(&mut self, mut each: impl FnMut(u32, &[u8; TRACK_PAGE])) -> usize {
         let (base, len, force_from) = (self.base, self.len, self.force_from);
         let Inner::Hash(hashes) = &mut self.inner else {
             return 0;
         };
+        let changed = changed_pages(base as usize, len, hashes, force_from);
         let mut buf = [0u8; TRACK_PAGE];
-        let mut n = 0;
-        for (i, stored) in hashes.iter_mut().enumerate() {
+        for &i in &changed {
             read_page_at(base, len, i, &mut buf);
-            let h = xxhash_rust::xxh3::xxh3_64(&buf);
-            if h != *stored || i >= force_from {
-                *stored = h;
-                n += 1;
-                each(i as u32, &buf);
-            }
+            hashes[i] = xxhash_rust::xxh3::xxh3_64(&buf);
+            each(i as u32, &buf);
         }
-        n
+        changed.len()
     }
 
     fn read_page(&self, index: usize, buf: &mut [u8; TRACK_PAGE]) {
@@ -433,6 +432,46 @@ fn check_range(base: usize, len: usize, align: usize) -> Result<(), DirtyError> 
 /// Only called with a tracker's `base` and `len`, which satisfy the tracker's
 /// invariant (readable mapping, `base` TRACK_PAGE aligned); `index` is checked
 /// here.
+/// Below this many pages (4 MiB) a hash scan stays on one thread.
+const PARALLEL_MIN_PAGES: usize = 1024;
+
+/// Indices, ascending, of the pages of `[base, base + len)` whose content
+/// no longer hashes to `hashes`, and of every page from `force_from` on.
+fn changed_pages(base: usize, len: usize, hashes: &[u64], force_from: usize) -> Vec<usize> {
+    let scan = |first: usize, part: &[u64]| {
+        let mut buf = [0u8; TRACK_PAGE];
+        let mut out = Vec::new();
+        for (j, stored) in part.iter().enumerate() {
+            let i = first + j;
+            read_page_at(base as *mut u8, len, i, &mut buf);
+            if i >= force_from || xxhash_rust::xxh3::xxh3_64(&buf) != *stored {
+                out.push(i);
+            }
+        }
+        out
+    };
+    let threads = if hashes.len() < PARALLEL_MIN_PAGES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    if threads == 1 {
+        return scan(0, hashes);
+    }
+    let chunk = hashes.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = hashes
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, part)| s.spawn(move || scan(k * chunk, part)))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("a hash scan thread panicked"))
+            .collect()
+    })
+}
+
 fn read_page_at(base: *mut u8, len: usize, index: usize, buf: &mut [u8; TRACK_PAGE]) {
     assert!(index < len / TRACK_PAGE, "page {index} is not tracked");
     // SAFETY: index * TRACK_PAGE + TRACK_PAGE <= len (asserted above), so the
