@@ -15,7 +15,21 @@ use crate::{BLOCKING_WASI, WASI_MODULE, YIELD_IMPORT};
 pub const TRANSFORM_NAME: &str = "binaryen-asyncify";
 /// Version of Tern's side of the transform (migration points + flags). Bump it
 /// whenever the prepared output could change for the same input.
-pub const PASS_VERSION: u32 = 1;
+/// 2: entry checks only in functions that can recurse.
+pub const PASS_VERSION: u32 = 2;
+
+/// Pass versions whose prepared modules (and so images) this build resumes:
+/// they differ only in where migration points are, not in how the stack is
+/// unwound and rewound.
+pub const RESUMABLE_PASS_VERSIONS: &[u32] = &[1, 2];
+
+/// True when a module prepared as `version` (a transform version string,
+/// `tern-<pass>-...`) can be resumed by this build.
+pub fn resumable(version: &str) -> bool {
+    RESUMABLE_PASS_VERSIONS
+        .iter()
+        .any(|v| version.starts_with(&format!("tern-{v}-")))
+}
 
 /// Why Asyncify failed.
 #[derive(Debug, thiserror::Error)]

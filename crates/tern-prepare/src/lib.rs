@@ -29,6 +29,7 @@
 
 pub mod asyncify;
 mod cache;
+pub mod callgraph;
 pub mod check;
 pub mod points;
 

@@ -9,8 +9,12 @@
 //!   defined function index shifts up by one),
 //! - appends global `G`: `(mut i32) = 0`, exported as `tern_pause`,
 //! - exports every mutable global `i` as `tern_g<i>`,
-//! - inserts `global.get G; if; call F; end` at every function entry and right
-//!   after every `loop`,
+//! - inserts `global.get G; if; call F; end` right after every `loop` and at
+//!   the entry of every function that can recurse
+//!   ([`crate::callgraph::recursive_functions`]): other functions finish, or
+//!   reach a loop or a recursive call, in time bounded by the module's size,
+//!   so the guest still reaches a point in bounded time from any instant,
+//!   and functions that can reach none need no unwinding code at all,
 //! - drops the `name` section (its function indices would be stale).
 
 use wasm_encoder::reencode::{self, Reencode};
@@ -25,6 +29,10 @@ use crate::{GLOBAL_EXPORT_PREFIX, PAUSE_EXPORT, YIELD_IMPORT};
 
 struct Points<'a> {
     info: &'a ModuleInfo,
+    /// Per defined function: gets an entry check.
+    entry_check: Vec<bool>,
+    /// Defined functions rewritten so far.
+    next_func: usize,
     yield_func: u32,
     yield_type: u32,
     pause_global: u32,
@@ -174,7 +182,10 @@ impl Reencode for Points<'_> {
         func: FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let mut f = self.new_function_with_parsed_locals(&func)?;
-        self.check(&mut f);
+        if self.entry_check.get(self.next_func).copied().unwrap_or(true) {
+            self.check(&mut f);
+        }
+        self.next_func += 1;
         let mut reader = func.get_operators_reader()?;
         while !reader.eof() {
             let op = reader.read()?;
@@ -195,8 +206,11 @@ pub fn insert(wasm: &[u8], info: &ModuleInfo) -> Result<Vec<u8>, String> {
     if info.types == 0 {
         return Err("the module has no type section".into());
     }
+    let entry_check = crate::callgraph::recursive_functions(wasm, info.imported_funcs)?;
     let mut points = Points {
         info,
+        entry_check,
+        next_func: 0,
         yield_func: info.imported_funcs,
         yield_type: info.types,
         pause_global: info.imported_globals + info.defined_globals.len() as u32,

@@ -479,18 +479,17 @@ impl Incoming {
     /// Checks that this build can resume a guest made by `meta`'s transform,
     /// compiles `module` and instantiates it with zeroed memory.
     pub fn new(rt: &Runtime, module: &[u8], meta: &Meta) -> Result<Incoming, VmError> {
-        if meta.transform.name != tern_prepare::asyncify::TRANSFORM_NAME
-            || !meta
-                .transform
-                .version
-                .starts_with(&format!("tern-{}-", tern_prepare::asyncify::PASS_VERSION))
-        {
+        use tern_prepare::asyncify::{resumable, RESUMABLE_PASS_VERSIONS, TRANSFORM_NAME};
+        if meta.transform.name != TRANSFORM_NAME || !resumable(&meta.transform.version) {
+            let passes: Vec<String> = RESUMABLE_PASS_VERSIONS
+                .iter()
+                .map(|v| format!("tern-{v}-*"))
+                .collect();
             return Err(VmError::Incompatible(format!(
-                "made by transform {} {}, this build resumes {} tern-{}-*",
+                "made by transform {} {}, this build resumes {TRANSFORM_NAME} {}",
                 meta.transform.name,
                 meta.transform.version,
-                tern_prepare::asyncify::TRANSFORM_NAME,
-                tern_prepare::asyncify::PASS_VERSION
+                passes.join(", ")
             )));
         }
         if tern_prepare::digest(module) != meta.prepared_digest {
