@@ -7,9 +7,9 @@
 //! 1. **validate** ([`check`]): the module must be valid WebAssembly, a
 //!    preview1 command (exports `_start` and `memory`, imports nothing but
 //!    `wasi_snapshot_preview1`), and not already prepared or asyncified;
-//! 2. **migration points** ([`points`]): at every function entry and loop
-//!    header a cheap flag check `global.get $tern_pause; if; call $tern.yield;
-//!    end` is inserted, every mutable global is exported (so capture sees
+//! 2. **migration points** ([`points`]): at every loop header and at the
+//!    entry of every function that can recurse ([`callgraph`]) a cheap flag
+//!    check `global.get $tern_pause; if; call $tern.yield; end` is inserted, every mutable global is exported (so capture sees
 //!    `__stack_pointer` and the like), and the pause flag is exported as
 //!    `tern_pause`;
 //! 3. **transform** ([`Transform`]): makes the stack unwindable from
