@@ -159,15 +159,7 @@ mod tests {
     #[test]
     fn cycles_self_loops_and_chains() {
         // 0 -> 1 -> 2 -> 0 (cycle), 3 -> 3 (self), 4 -> 5 (chain), 6 -> 0
-        let g = vec![
-            vec![1],
-            vec![2],
-            vec![0],
-            vec![3],
-            vec![5],
-            vec![],
-            vec![0],
-        ];
+        let g = vec![vec![1], vec![2], vec![0], vec![3], vec![5], vec![], vec![0]];
         assert_eq!(
             on_cycles(&g),
             vec![true, true, true, true, false, false, false]

@@ -182,7 +182,12 @@ impl Reencode for Points<'_> {
         func: FunctionBody<'_>,
     ) -> Result<(), reencode::Error<Self::Error>> {
         let mut f = self.new_function_with_parsed_locals(&func)?;
-        if self.entry_check.get(self.next_func).copied().unwrap_or(true) {
+        if self
+            .entry_check
+            .get(self.next_func)
+            .copied()
+            .unwrap_or(true)
+        {
             self.check(&mut f);
         }
         self.next_func += 1;
