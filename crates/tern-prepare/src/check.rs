@@ -35,6 +35,9 @@ pub enum CheckError {
     /// Tern already prepared it.
     #[error("already prepared by Tern: give Tern the original module")]
     AlreadyPrepared,
+    /// Valid, but uses something the current transform cannot handle.
+    #[error("uses {0}, which Tern's current transform (binaryen 108 Asyncify) cannot handle")]
+    Unsupported(&'static str),
 }
 
 /// Facts about a module gathered while checking it.
@@ -93,6 +96,23 @@ pub fn check_command(wasm: &[u8]) -> Result<ModuleInfo, CheckError> {
     let invalid = |e: wasmparser::BinaryReaderError| CheckError::Invalid(e.to_string());
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
+            Payload::CodeSectionEntry(body) => {
+                for op in body.get_operators_reader().map_err(invalid)? {
+                    match op.map_err(invalid)? {
+                        wasmparser::Operator::ElemDrop { .. } => {
+                            return Err(CheckError::Unsupported("`elem.drop`"));
+                        }
+                        wasmparser::Operator::Loop {
+                            blockty: wasmparser::BlockType::FuncType(_),
+                        } => {
+                            return Err(CheckError::Unsupported(
+                                "a loop with a multi-value block type",
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
             Payload::TypeSection(reader) => {
                 for ty in reader.into_iter_err_on_gc_types() {
                     let ty = ty.map_err(invalid)?;

@@ -134,6 +134,21 @@ fn rejects_bad_modules() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("already asyncified"), "{e}");
+    // Valid, but beyond binaryen 108: refused up front, in one line.
+    for (body, what) in [
+        ("(elem.drop 0)", "`elem.drop`"),
+        (
+            "i32.const 1 loop (param i32) (result i32) end drop",
+            "multi-value",
+        ),
+    ] {
+        let m = wasm(&format!(
+            r#"(module (memory (export "memory") 1) (table 1 funcref) (elem func $s)
+                 (func $s (export "_start") {body}))"#
+        ));
+        let e = prepare(&m, &Options::default()).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("cannot handle"), "{e}");
+    }
 }
 
 #[test]
