@@ -22,31 +22,16 @@
 #    identical on both ISAs. Wall times include Tern's own start-up (about
 #    0.01 s natively, 0.2 s under qemu).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo build --release --bin tern >&2
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 ARM=$PWD/$(scripts/build-aarch64.sh)
-guests/build.sh target/guests >/dev/null
-TERN=$PWD/target/release/tern
-G=$PWD/target/guests
-OUT=$PWD/bench/results
-mkdir -p "$OUT"
-export TERN_CACHE_DIR=$PWD/target/bench-cache
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 MEMS=${MEMS:-"64 256"}
-REPS=${REPS:-3}
 # The dirtier's progress lines: one every REPORT iterations (~0.3 s at
 # 10 MB/s with 32-page windows), compared with an uninterrupted run.
 REPORT=25
 PROGRESS='^(init: done|iter [0-9]+ window@[0-9]+) checksum=[0-9a-f]{16}$'
 
 die() { echo "cross.sh: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-# median of the arguments
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # a string field of node $1's node_started line
 node_field() { grep -m1 node_started "$work/$1.log" | sed -nE "s/.*\"$2\":\"([^\"]+)\".*/\1/p"; }
 

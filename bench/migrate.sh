@@ -16,17 +16,8 @@
 # the loopback bandwidth measured in the same run, so that total time can
 # be compared with touched memory / bandwidth as a ratio.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo build --release --bin tern >&2
-guests/build.sh target/guests >/dev/null
-TERN=$PWD/target/release/tern
-OUT=$PWD/bench/results
-mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 what=${1:-all}
 MEMS=${MEMS:-"64 256 1024"}
 RATES=${RATES:-"0 10 100 1000"}
@@ -85,7 +76,7 @@ veth_link() {
   done
   IN_A=(ip netns exec "$NS_A"); IN_B=(ip netns exec "$NS_B")
   LISTEN_A=10.78.0.1:7070; LISTEN_B=10.78.0.2:7070
-  trap 'cleanup; ip netns del ternbench-a 2>/dev/null; ip netns del ternbench-b 2>/dev/null' EXIT
+  trap 'bench_cleanup; ip netns del ternbench-a 2>/dev/null; ip netns del ternbench-b 2>/dev/null' EXIT
 }
 
 # Starts the dirtier on node $1 and waits until its working set is touched.

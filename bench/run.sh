@@ -10,25 +10,10 @@
 # comparison is a ratio measured in the same run, because these machines
 # are shared and noisy.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo build --release --bin tern >&2
-guests/build.sh target/guests >/dev/null
-TERN=$PWD/target/release/tern
-G=$PWD/target/guests
-OUT=$PWD/bench/results
-mkdir -p "$OUT"
-export TERN_CACHE_DIR=$PWD/target/bench-cache
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 what=${1:-all}
-REPS=${REPS:-3}
 
-now() { date +%s.%N; }
-# median of the arguments
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# wall seconds of one command (stdout discarded)
-wall() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); echo "$t1 - $t0" | bc -l; }
 # json field from the last matching line of a file
 field() { grep "\"event\":\"$2\"" "$1" | tail -n1 | sed -E "s/.*\"$3\":([0-9.]+).*/\1/"; }
 
