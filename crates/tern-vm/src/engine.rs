@@ -39,6 +39,11 @@ impl Runtime {
             .max_wasm_stack(MAX_WASM_STACK)
             // Traps are reported in one line; backtraces only add noise.
             .wasm_backtrace_max_frames(None);
+        // Experiment for issue 5: wasmtime's guest debugging keeps every
+        // frame's locals and operand stack inspectable at host-call exits.
+        if std::env::var_os("TERN_GUEST_DEBUG").is_some() {
+            config.guest_debug(true);
+        }
         let engine = Engine::new(&config).map_err(|e| VmError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         crate::wasi::add_to_linker(&mut linker).map_err(|e| VmError::Engine(e.to_string()))?;
