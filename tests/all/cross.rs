@@ -4,7 +4,7 @@
 //! the difference), and images cross between the two ISAs; each time the
 //! whole output must equal an uninterrupted run on one host.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -45,17 +45,6 @@ fn board_node(name: &str) -> NodeProc {
     )
 }
 
-/// `tern run` of `w` through `c` (either ISA), with `/data` at `dir` and
-/// `before` ahead of the module.
-fn run_cmd(mut c: Command, w: &Workload, dir: &Path, before: &[&str]) -> Command {
-    c.arg("run").args(before);
-    if w.data_dir {
-        c.arg("--dir").arg(format!("{}:/data", dir.display()));
-    }
-    c.arg(guest(w.name)).arg("--").args(&w.args);
-    c
-}
-
 /// Every guest, sized to run about 5-7 s on x86_64 here (much longer on
 /// the emulated board), so it is still running at both migrations.
 fn long_workloads() -> Vec<Workload> {
@@ -92,7 +81,7 @@ fn there_and_back(w: &Workload) {
     assert_eq!(b["protocol"], node_info(&server)["protocol"], "{b}");
 
     let dir = tempfile::tempdir().unwrap();
-    let id = ok(run_cmd(server.cli(), w, dir.path(), &["--detach"]));
+    let id = ok(w.run_with(server.cli(), dir.path(), &["--detach"]));
     std::thread::sleep(Duration::from_millis(700));
     let there = crate::migrate::migrate(&server, &id, &board, "precopy");
     assert_eq!(there["destination_node"], "board", "{there}");
@@ -179,9 +168,8 @@ fn image_crosses(w: &Workload, want: &Reference, first: Command, second: Command
     let image = dir.path().join("g.tern");
     let data = tempfile::tempdir().unwrap();
     let image_arg = image.to_str().unwrap();
-    let (part1, _) = run(run_cmd(
+    let (part1, _) = run(w.run_with(
         first,
-        w,
         data.path(),
         &["--checkpoint-after", after, "--image", image_arg],
     ));
@@ -216,7 +204,7 @@ fn images_cross_between_isas_both_ways() {
         let want = reference(&w);
         // Warm the board's compile cache so the checkpoint lands mid-run.
         let warm = tempfile::tempdir().unwrap();
-        let (out, _) = run(run_cmd(board_tern(), &w, warm.path(), &[]));
+        let (out, _) = run(w.run_with(board_tern(), warm.path(), &[]));
         assert_eq!(out.stdout, want.stdout, "{} on aarch64", w.name);
         image_crosses(&w, &want, board_tern(), tern(), "250ms");
         image_crosses(&w, &want, tern(), board_tern(), "150ms");
@@ -230,13 +218,12 @@ fn hello_runs_the_same_on_both_isas() {
     let w = Workload::new("hello", &["3", "a b"]);
     let want = reference(&w);
     let dir = tempfile::tempdir().unwrap();
-    let (out, _) = run(run_cmd(board_tern(), &w, dir.path(), &[]));
+    let (out, _) = run(w.run_with(board_tern(), dir.path(), &[]));
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(out.stdout, want.stdout);
     let image = dir.path().join("h.tern");
-    let (out, _) = run(run_cmd(
+    let (out, _) = run(w.run_with(
         board_tern(),
-        &w,
         dir.path(),
         &[
             "--checkpoint-after",

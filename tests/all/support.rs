@@ -78,13 +78,17 @@ impl Workload {
 
     /// `tern run` of this workload, with `/data` at `dir`.
     pub fn command(&self, dir: &Path) -> Command {
-        let mut c = tern();
-        c.arg("run").arg(guest(self.name));
+        self.run_with(tern(), dir, &[])
+    }
+
+    /// `run` of this workload through `c` (`tern`, or `tern` under an
+    /// emulator), with `/data` at `dir` and `before` ahead of the module.
+    pub fn run_with(&self, mut c: Command, dir: &Path, before: &[&str]) -> Command {
+        c.arg("run").args(before);
         if self.data_dir {
             c.arg("--dir").arg(format!("{}:/data", dir.display()));
         }
-        c.arg("--");
-        c.args(&self.args);
+        c.arg(guest(self.name)).arg("--").args(&self.args);
         c
     }
 }

@@ -26,7 +26,7 @@ const SKIP_AFTER_MISS: u32 = 15;
 /// says whether to attempt compression.
 pub fn encode_run(first: u32, bytes: &[u8], skip_zero: bool, try_lz4: bool) -> Option<PageRun> {
     let count = (bytes.len() / PAGE) as u32;
-    if bytes.iter().all(|b| *b == 0) {
+    if is_zero(bytes) {
         return (!skip_zero).then(|| PageRun {
             first,
             count,
@@ -46,6 +46,14 @@ pub fn encode_run(first: u32, bytes: &[u8], skip_zero: bool, try_lz4: bool) -> O
         encoding,
         data,
     })
+}
+
+/// True when every byte of `bytes` (a whole number of 8-byte words, as
+/// pages and runs are) is zero.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks_exact(8)
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8-byte chunk")) == 0)
 }
 
 /// Collects pages handed over one by one (in ascending order) into runs

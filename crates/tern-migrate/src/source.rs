@@ -11,7 +11,7 @@ use tern_vm::memory::MemoryHandle;
 use tern_vm::Captured;
 
 use crate::base::Base;
-use crate::pages::{Batcher, PAGE, RUN_PAGES};
+use crate::pages::{is_zero, Batcher, PAGE, RUN_PAGES};
 use crate::proto::{self, GuestInfo, Message, Strategy, LOG_CHUNK, MODULE_CHUNK};
 use crate::MigrateError;
 
@@ -180,11 +180,6 @@ impl FirstCopy<'_> {
     fn skip_zero(&self) -> bool {
         self.base.pages() == 0
     }
-}
-
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks_exact(8)
-        .all(|w| u64::from_ne_bytes(w.try_into().expect("8-byte chunk")) == 0)
 }
 
 struct Link {
