@@ -17,13 +17,23 @@ pub struct PrepareArgs {
     /// Where to write the prepared module.
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
+    /// Which transform makes the stack unwindable: `tern` (Tern's own,
+    /// the default) or `asyncify` (binaryen's wasm-opt, kept as a
+    /// differential-testing oracle; needs binaryen installed).
+    #[arg(long, value_name = "NAME", env = "TERN_TRANSFORM", default_value = "tern",
+          value_parser = tern_prepare::Transform::parse)]
+    transform: tern_prepare::Transform,
 }
 
 /// Runs `tern prepare`.
 pub fn main(a: PrepareArgs) -> anyhow::Result<ExitCode> {
     let wasm = common::read_input(&a.wasm)?;
     let t = std::time::Instant::now();
-    let prepared = tern_prepare::prepare(&wasm, &tern_prepare::Options::default())
+    let opts = tern_prepare::Options {
+        transform: a.transform,
+        ..tern_prepare::Options::default()
+    };
+    let prepared = tern_prepare::prepare(&wasm, &opts)
         .with_context(|| format!("cannot prepare {}", a.wasm.display()))?;
     let dir = a.output.parent().filter(|p| !p.as_os_str().is_empty());
     let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(std::path::Path::new(".")))

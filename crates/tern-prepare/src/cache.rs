@@ -62,14 +62,15 @@ impl Cache {
         &self,
         original_digest: &[u8; 32],
         opts: &Options,
-    ) -> Result<(PathBuf, String), PrepareError> {
-        let version = crate::asyncify::transform_version(&opts.wasm_opt, opts.opt_level)?;
-        let name = crate::asyncify::TRANSFORM_NAME;
-        let key = format!("{}-{}-{}", hex(original_digest), name, sanitize(&version));
-        Ok((
-            self.dir.join("prepared").join(format!("{key}.wasm")),
-            version,
-        ))
+    ) -> Result<(PathBuf, TransformId), PrepareError> {
+        let id = opts.transform.id(opts)?;
+        let key = format!(
+            "{}-{}-{}",
+            hex(original_digest),
+            id.name,
+            sanitize(&id.version)
+        );
+        Ok((self.dir.join("prepared").join(format!("{key}.wasm")), id))
     }
 
     /// True when the prepared form of `wasm` (with default options) is cached.
@@ -82,8 +83,7 @@ impl Cache {
     /// Returns the prepared form of `wasm`, from the cache when present.
     pub fn prepare(&self, wasm: &[u8], opts: &Options) -> Result<Prepared, CacheError> {
         let original_digest = digest(wasm);
-        let (path, version) = self.entry(&original_digest, opts)?;
-        let name = crate::asyncify::TRANSFORM_NAME;
+        let (path, transform) = self.entry(&original_digest, opts)?;
         if let Ok(module) = std::fs::read(&path) {
             // A damaged entry is simply rebuilt.
             if crate::check::check_prepared(&module).is_ok() {
@@ -91,10 +91,7 @@ impl Cache {
                     prepared_digest: digest(&module),
                     module,
                     original_digest,
-                    transform: TransformId {
-                        name: name.to_string(),
-                        version,
-                    },
+                    transform,
                 });
             }
         }

@@ -35,8 +35,8 @@ pub enum CheckError {
     /// Tern already prepared it.
     #[error("already prepared by Tern: give Tern the original module")]
     AlreadyPrepared,
-    /// Valid, but uses something the current transform cannot handle.
-    #[error("uses {0}, which Tern's current transform (binaryen 108 Asyncify) cannot handle")]
+    /// Valid, but uses something binaryen 108's Asyncify cannot handle.
+    #[error("uses {0}, which binaryen 108's Asyncify cannot handle (Tern's own transform can)")]
     Unsupported(&'static str),
 }
 
@@ -59,7 +59,7 @@ pub struct ModuleInfo {
     pub has_exports: bool,
 }
 
-fn features() -> WasmFeatures {
+pub(crate) fn features() -> WasmFeatures {
     // What wasmtime runs by default and binaryen 108 understands.
     WasmFeatures::MUTABLE_GLOBAL
         | WasmFeatures::SATURATING_FLOAT_TO_INT
@@ -96,23 +96,6 @@ pub fn check_command(wasm: &[u8]) -> Result<ModuleInfo, CheckError> {
     let invalid = |e: wasmparser::BinaryReaderError| CheckError::Invalid(e.to_string());
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
-            Payload::CodeSectionEntry(body) => {
-                for op in body.get_operators_reader().map_err(invalid)? {
-                    match op.map_err(invalid)? {
-                        wasmparser::Operator::ElemDrop { .. } => {
-                            return Err(CheckError::Unsupported("`elem.drop`"));
-                        }
-                        wasmparser::Operator::Loop {
-                            blockty: wasmparser::BlockType::FuncType(_),
-                        } => {
-                            return Err(CheckError::Unsupported(
-                                "a loop with a multi-value block type",
-                            ));
-                        }
-                        _ => {}
-                    }
-                }
-            }
             Payload::TypeSection(reader) => {
                 for ty in reader.into_iter_err_on_gc_types() {
                     let ty = ty.map_err(invalid)?;
@@ -211,6 +194,32 @@ pub fn check_command(wasm: &[u8]) -> Result<ModuleInfo, CheckError> {
         ));
     }
     Ok(info)
+}
+
+/// Refuses what binaryen 108's Asyncify cannot handle (`elem.drop`, loops
+/// with a multi-value block type), before running it.
+pub fn asyncify_limits(wasm: &[u8]) -> Result<(), CheckError> {
+    let invalid = |e: wasmparser::BinaryReaderError| CheckError::Invalid(e.to_string());
+    for payload in Parser::new(0).parse_all(wasm) {
+        if let Payload::CodeSectionEntry(body) = payload.map_err(invalid)? {
+            for op in body.get_operators_reader().map_err(invalid)? {
+                match op.map_err(invalid)? {
+                    wasmparser::Operator::ElemDrop { .. } => {
+                        return Err(CheckError::Unsupported("`elem.drop`"));
+                    }
+                    wasmparser::Operator::Loop {
+                        blockty: wasmparser::BlockType::FuncType(_),
+                    } => {
+                        return Err(CheckError::Unsupported(
+                            "a loop with a multi-value block type",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks the output of a transform: valid, with everything capture needs.

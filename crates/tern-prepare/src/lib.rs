@@ -13,8 +13,9 @@
 //!    `__stack_pointer` and the like), and the pause flag is exported as
 //!    `tern_pause`;
 //! 3. **transform** ([`Transform`]): makes the stack unwindable from
-//!    `tern.yield` and the WASI calls that can block. The first transform is
-//!    binaryen's Asyncify ([`asyncify`]).
+//!    `tern.yield` and the WASI calls that can block: Tern's own
+//!    ([`unwind`]), or binaryen's Asyncify ([`asyncify`]), kept as a
+//!    differential-testing oracle.
 //!
 //! Every prepared module records which transform and version made it
 //! ([`TransformId`]), so that images resume only under a compatible one.
@@ -32,6 +33,7 @@ mod cache;
 pub mod callgraph;
 pub mod check;
 pub mod points;
+pub mod unwind;
 
 pub use cache::{default_cache_dir, Cache, CacheError};
 
@@ -73,9 +75,65 @@ pub struct Prepared {
 /// The transforms Tern can use to make a stack unwindable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transform {
-    /// Binaryen's Asyncify pass, run through `wasm-opt`.
+    /// Tern's own transform ([`unwind`]), in Rust, linear in module size.
     #[default]
+    Tern,
+    /// Binaryen's Asyncify pass, run through `wasm-opt`: kept as a
+    /// differential-testing oracle.
     BinaryenAsyncify,
+}
+
+impl Transform {
+    /// Parses a transform name as given on the command line or in
+    /// `TERN_TRANSFORM`: `tern` or `asyncify`.
+    pub fn parse(name: &str) -> Result<Transform, String> {
+        match name {
+            "tern" | unwind::TRANSFORM_NAME => Ok(Transform::Tern),
+            "asyncify" | asyncify::TRANSFORM_NAME => Ok(Transform::BinaryenAsyncify),
+            other => Err(format!(
+                "unknown transform `{other}`: use `tern` (the default) or `asyncify`"
+            )),
+        }
+    }
+
+    /// The name and version recorded for modules this transform makes.
+    pub fn id(&self, opts: &Options) -> Result<TransformId, PrepareError> {
+        Ok(match self {
+            Transform::Tern => TransformId {
+                name: unwind::TRANSFORM_NAME.to_string(),
+                version: unwind::transform_version(),
+            },
+            Transform::BinaryenAsyncify => TransformId {
+                name: asyncify::TRANSFORM_NAME.to_string(),
+                version: asyncify::transform_version(&opts.wasm_opt, opts.opt_level)?,
+            },
+        })
+    }
+}
+
+/// True when this build can resume a guest whose module was made by the
+/// transform `name` at `version`.
+pub fn resumable(name: &str, version: &str) -> bool {
+    match name {
+        unwind::TRANSFORM_NAME => unwind::resumable(version),
+        asyncify::TRANSFORM_NAME => asyncify::resumable(version),
+        _ => false,
+    }
+}
+
+/// What [`resumable`] accepts, for error messages.
+pub fn resumable_description() -> String {
+    let passes: Vec<String> = asyncify::RESUMABLE_PASS_VERSIONS
+        .iter()
+        .map(|v| format!("tern-{v}-*"))
+        .collect();
+    format!(
+        "{} {} or {} {}",
+        unwind::TRANSFORM_NAME,
+        unwind::transform_version(),
+        asyncify::TRANSFORM_NAME,
+        passes.join(", ")
+    )
 }
 
 /// How to prepare.
@@ -90,9 +148,14 @@ pub struct Options {
 }
 
 impl Default for Options {
+    /// Tern's transform, or the one `TERN_TRANSFORM` names (an unknown name
+    /// falls back to the default; `tern prepare --transform` reports it).
     fn default() -> Self {
         Options {
-            transform: Transform::BinaryenAsyncify,
+            transform: std::env::var("TERN_TRANSFORM")
+                .ok()
+                .and_then(|t| Transform::parse(&t).ok())
+                .unwrap_or_default(),
             wasm_opt: std::env::var_os("TERN_WASM_OPT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("wasm-opt")),
@@ -113,6 +176,9 @@ pub enum PrepareError {
     /// The unwinding transform failed.
     #[error(transparent)]
     Asyncify(#[from] asyncify::AsyncifyError),
+    /// Tern's transform failed.
+    #[error(transparent)]
+    Unwind(#[from] unwind::UnwindError),
     /// The transform produced a module that is not valid.
     #[error("the prepared module is invalid (transform bug): {0}")]
     InvalidOutput(String),
@@ -132,17 +198,12 @@ pub fn hex(digest: &[u8]) -> String {
 pub fn prepare(wasm: &[u8], opts: &Options) -> Result<Prepared, PrepareError> {
     let info = check::check_command(wasm)?;
     let with_points = points::insert(wasm, &info).map_err(PrepareError::Points)?;
-    let (module, transform) = match opts.transform {
+    let transform = opts.transform.id(opts)?;
+    let module = match opts.transform {
+        Transform::Tern => unwind::run(&with_points)?,
         Transform::BinaryenAsyncify => {
-            let out = asyncify::run(&with_points, &opts.wasm_opt, opts.opt_level)?;
-            let version = asyncify::transform_version(&opts.wasm_opt, opts.opt_level)?;
-            (
-                out,
-                TransformId {
-                    name: asyncify::TRANSFORM_NAME.to_string(),
-                    version,
-                },
-            )
+            check::asyncify_limits(wasm)?;
+            asyncify::run(&with_points, &opts.wasm_opt, opts.opt_level)?
         }
     };
     check::check_prepared(&module).map_err(|e| PrepareError::InvalidOutput(e.to_string()))?;

@@ -81,10 +81,65 @@ fn wasmprinter_like(wasm: &[u8]) -> String {
     s
 }
 
+fn asyncify() -> Options {
+    Options {
+        transform: tern_prepare::Transform::BinaryenAsyncify,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn prepare_runs_tern_transform_by_default() {
+    let w = wasm(COMMAND);
+    let p = prepare(&w, &Options::default()).unwrap();
+    let ex = exports(&p.module);
+    for needed in [
+        "asyncify_start_unwind",
+        "asyncify_stop_unwind",
+        "asyncify_start_rewind",
+        "asyncify_stop_rewind",
+        "asyncify_get_state",
+        "tern_pause",
+        "_start",
+    ] {
+        assert!(ex.iter().any(|e| e == needed), "missing {needed}: {ex:?}");
+    }
+    assert_eq!(p.transform.name, "tern-unwind");
+    assert_ne!(p.original_digest, p.prepared_digest);
+}
+
+#[test]
+fn functions_that_cannot_pause_are_copied_unchanged() {
+    // $leaf has no loop and calls nothing: it can never be on the stack at
+    // a migration point, so its body must come out byte for byte.
+    let w = wasm(
+        r#"(module (memory (export "memory") 1)
+             (func $leaf (param i32) (result i32) local.get 0 i32.const 3 i32.mul)
+             (func (export "_start") (local i32)
+               loop i32.const 1 call $leaf local.set 0 local.get 0 br_if 0 end))"#,
+    );
+    let p = prepare(&w, &Options::default()).unwrap();
+    let bodies = |m: &[u8]| -> Vec<Vec<u8>> {
+        wasmparser::Parser::new(0)
+            .parse_all(m)
+            .filter_map(|p| match p.unwrap() {
+                wasmparser::Payload::CodeSectionEntry(b) => Some(b.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (before, after) = (bodies(&w), bodies(&p.module));
+    assert_eq!(before[0], after[0], "the leaf function was rewritten");
+    assert!(
+        after[1].len() > before[1].len(),
+        "the looping function was not"
+    );
+}
+
 #[test]
 fn prepare_runs_asyncify() {
     let w = wasm(COMMAND);
-    match prepare(&w, &Options::default()) {
+    match prepare(&w, &asyncify()) {
         Ok(p) => {
             let ex = exports(&p.module);
             for needed in [
@@ -134,7 +189,8 @@ fn rejects_bad_modules() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("already asyncified"), "{e}");
-    // Valid, but beyond binaryen 108: refused up front, in one line.
+    // Valid, but beyond binaryen 108: refused up front, in one line, when
+    // Asyncify is asked for; Tern's transform prepares them.
     for (body, what) in [
         ("(elem.drop 0)", "`elem.drop`"),
         (
@@ -146,8 +202,9 @@ fn rejects_bad_modules() {
             r#"(module (memory (export "memory") 1) (table 1 funcref) (elem func $s)
                  (func $s (export "_start") {body}))"#
         ));
-        let e = prepare(&m, &Options::default()).unwrap_err().to_string();
+        let e = prepare(&m, &asyncify()).unwrap_err().to_string();
         assert!(e.contains(what) && e.contains("cannot handle"), "{e}");
+        prepare(&m, &Options::default()).unwrap();
     }
 }
 

@@ -59,6 +59,9 @@ pub struct StoreData {
     pub control: Arc<Control>,
     /// Runtime bookkeeping for unwinding and rewinding.
     pub(crate) suspend: SuspendState,
+    /// Migration points still to pass before a requested pause is taken
+    /// ([`crate::Guest::pause_after_points`]).
+    pub(crate) skip_points: u64,
 }
 
 impl StoreData {
@@ -68,6 +71,7 @@ impl StoreData {
             wasi,
             control: Arc::new(Control::default()),
             suspend: SuspendState::default(),
+            skip_points: 0,
         }
     }
 
