@@ -352,35 +352,37 @@ fn scan(wasm: &[u8]) -> Result<Scan, UnwindError> {
 pub fn run(wasm: &[u8]) -> Result<Vec<u8>, UnwindError> {
     let scan = scan(wasm)?;
     let ntypes = scan.types.len() as u32;
-    let (t_i32_void, t_void_void, t_void_i32) = (ntypes, ntypes + 1, ntypes + 2);
     // Block types for the body of functions with several results.
     let mut body_types: HashMap<Vec<ValType>, u32> = HashMap::new();
     let mut body_type_list: Vec<Vec<ValType>> = Vec::new();
     for t in &scan.types {
         if t.results().len() > 1 && !body_types.contains_key(t.results()) {
-            body_types.insert(
-                t.results().to_vec(),
-                ntypes + 3 + body_type_list.len() as u32,
-            );
+            body_types.insert(t.results().to_vec(), ntypes + body_type_list.len() as u32);
             body_type_list.push(t.results().to_vec());
         }
     }
     // The `B` blocks of a sequence with parameters take them: [params] -> [].
     let mut param_types: HashMap<u32, u32> = HashMap::new();
-    let first_param_type = ntypes + 3 + body_type_list.len() as u32;
+    let first_param_type = ntypes + body_type_list.len() as u32;
     for (i, &t) in scan.param_blocks.iter().enumerate() {
         param_types.insert(t, first_param_type + i as u32);
     }
     let nfuncs = scan.func_types.len() as u32;
     let state = scan.globals;
     let data = scan.globals + 1;
+    let rt = runtime(
+        state,
+        data,
+        first_param_type + scan.param_blocks.len() as u32,
+        nfuncs,
+    );
     let shared = Shared {
         wasm,
         scan: &scan,
         state,
-        data,
         body_types: &body_types,
         param_types: &param_types,
+        rt: &rt,
     };
 
     let mut module = Module::new();
@@ -400,9 +402,6 @@ pub fn run(wasm: &[u8]) -> Result<Vec<u8>, UnwindError> {
             Payload::TypeSection(r) => {
                 let mut types = TypeSection::new();
                 reencode::utils::parse_type_section(&mut RoundtripReencoder, &mut types, r)?;
-                types.ty().function([EVal::I32], []);
-                types.ty().function([], []);
-                types.ty().function([], [EVal::I32]);
                 for results in &body_type_list {
                     let results: Vec<EVal> =
                         results.iter().map(|t| enc(*t)).collect::<Result<_, _>>()?;
@@ -416,6 +415,9 @@ pub fn run(wasm: &[u8]) -> Result<Vec<u8>, UnwindError> {
                         .collect::<Result<_, _>>()?;
                     types.ty().function(params, []);
                 }
+                for (params, results) in &rt.types {
+                    types.ty().function(params.clone(), results.clone());
+                }
                 module.section(&types);
             }
             Payload::FunctionSection(r) => {
@@ -423,8 +425,8 @@ pub fn run(wasm: &[u8]) -> Result<Vec<u8>, UnwindError> {
                 for t in r {
                     funcs.function(t?);
                 }
-                for t in [t_i32_void, t_void_void, t_i32_void, t_void_void, t_void_i32] {
-                    funcs.function(t);
+                for (t, _) in &rt.funcs {
+                    funcs.function(*t);
                 }
                 module.section(&funcs);
             }
@@ -480,8 +482,8 @@ pub fn run(wasm: &[u8]) -> Result<Vec<u8>, UnwindError> {
                 }
                 code_left = code_left.saturating_sub(1);
                 if code_left == 0 {
-                    for body in control_functions(state, data) {
-                        section.raw(&body);
+                    for (_, body) in &rt.funcs {
+                        section.raw(body);
                     }
                     module.section(&*section);
                     added = true;
@@ -539,47 +541,179 @@ fn put(out: &mut Vec<u8>, i: Instruction) {
     i.encode(out);
 }
 
-/// Bodies of the five exported control functions, in export order.
-fn control_functions(state: u32, data: u32) -> Vec<Vec<u8>> {
-    let body = |code: &[Instruction]| {
-        let mut b = Vec::new();
-        0u32.encode(&mut b); // no locals
-        for i in code {
-            i.encode(&mut b);
+/// The value types a frame holds, in frame order.
+const FRAME_TYPES: [ValType; 5] = [
+    ValType::I32,
+    ValType::I64,
+    ValType::F32,
+    ValType::F64,
+    ValType::V128,
+];
+/// Locals moved by one save or load helper call, at most.
+const CHUNK: usize = 8;
+
+/// Functions the transform adds after the module's own: the five exported
+/// control functions, the frame push and pop, and per value type and count
+/// (2 to [`CHUNK`]) a helper that stores or loads that many values, so a
+/// frame of many locals costs a few bytes per local in each function.
+struct Runtime {
+    /// New types, appended to the type section in this order.
+    types: Vec<(Vec<EVal>, Vec<EVal>)>,
+    /// New functions: (type index, body).
+    funcs: Vec<(u32, Vec<u8>)>,
+    /// Function indices.
+    push: u32,
+    pop: u32,
+    first_helper: u32,
+}
+
+impl Runtime {
+    /// The save (or, `load`, load) helper for `count` values of `t`.
+    fn helper(&self, t: ValType, count: usize, load: bool) -> u32 {
+        let ti = FRAME_TYPES.iter().position(|&f| f == t).unwrap_or(4);
+        self.first_helper + ((ti * (CHUNK - 1) + count - 2) * 2 + usize::from(load)) as u32
+    }
+}
+
+fn body(locals: &[(u32, EVal)], code: &[Instruction]) -> Vec<u8> {
+    let mut b = Vec::new();
+    (locals.len() as u32).encode(&mut b);
+    for (n, t) in locals {
+        n.encode(&mut b);
+        t.encode(&mut b);
+    }
+    for i in code {
+        i.encode(&mut b);
+    }
+    Instruction::End.encode(&mut b);
+    b
+}
+
+fn runtime(state: u32, data: u32, first_type: u32, first_func: u32) -> Runtime {
+    use Instruction as I;
+    let mut types: Vec<(Vec<EVal>, Vec<EVal>)> = Vec::new();
+    let mut ty = |params: Vec<EVal>, results: Vec<EVal>| {
+        if let Some(i) = types.iter().position(|t| t.0 == params && t.1 == results) {
+            return first_type + i as u32;
         }
-        Instruction::End.encode(&mut b);
-        b
+        types.push((params, results));
+        first_type + types.len() as u32 - 1
     };
+    let (i32_void, void_void, void_i32) = (
+        ty(vec![EVal::I32], vec![]),
+        ty(vec![], vec![]),
+        ty(vec![], vec![EVal::I32]),
+    );
     // Traps when the buffer's current pointer passed its end.
     let check = [
-        Instruction::GlobalGet(data),
-        Instruction::I32Load(mem(0)),
-        Instruction::GlobalGet(data),
-        Instruction::I32Load(mem(4)),
-        Instruction::I32GtU,
-        Instruction::If(BlockType::Empty),
-        Instruction::Unreachable,
-        Instruction::End,
+        I::GlobalGet(data),
+        I::I32Load(mem(0)),
+        I::GlobalGet(data),
+        I::I32Load(mem(4)),
+        I::I32GtU,
+        I::If(BlockType::Empty),
+        I::Unreachable,
+        I::End,
     ];
-    let set = |v: i32| [Instruction::I32Const(v), Instruction::GlobalSet(state)];
+    let set = |v: i32| [I::I32Const(v), I::GlobalSet(state)];
     let start = |v: i32| {
         let mut c = set(v).to_vec();
-        c.extend([Instruction::LocalGet(0), Instruction::GlobalSet(data)]);
+        c.extend([I::LocalGet(0), I::GlobalSet(data)]);
         c.extend(check.iter().cloned());
-        c
+        body(&[], &c)
     };
     let stop = || {
         let mut c = set(0).to_vec();
         c.extend(check.iter().cloned());
-        c
+        body(&[], &c)
     };
-    vec![
-        body(&start(1)),
-        body(&stop()),
-        body(&start(2)),
-        body(&stop()),
-        body(&[Instruction::GlobalGet(state)]),
-    ]
+    let mut funcs = vec![
+        (i32_void, start(1)),
+        (void_void, stop()),
+        (i32_void, start(2)),
+        (void_void, stop()),
+        (void_i32, body(&[], &[I::GlobalGet(state)])),
+    ];
+    // push(site, size) -> ptr: takes a frame of `size` bytes, site first.
+    let push_ty = ty(vec![EVal::I32, EVal::I32], vec![EVal::I32]);
+    funcs.push((
+        push_ty,
+        body(
+            &[(1, EVal::I32)],
+            &[
+                I::GlobalGet(data),
+                I::I32Load(mem(0)),
+                I::LocalSet(2),
+                I::LocalGet(2),
+                I::LocalGet(1),
+                I::I32Add,
+                I::GlobalGet(data),
+                I::I32Load(mem(4)),
+                I::I32GtU,
+                I::If(BlockType::Empty),
+                I::Unreachable,
+                I::End,
+                I::LocalGet(2),
+                I::LocalGet(0),
+                I::I32Store(mem(0)),
+                I::GlobalGet(data),
+                I::LocalGet(2),
+                I::LocalGet(1),
+                I::I32Add,
+                I::I32Store(mem(0)),
+                I::LocalGet(2),
+            ],
+        ),
+    ));
+    // pop(size) -> (ptr, site): gives back the last frame pushed.
+    let pop_ty = ty(vec![EVal::I32], vec![EVal::I32, EVal::I32]);
+    funcs.push((
+        pop_ty,
+        body(
+            &[(1, EVal::I32)],
+            &[
+                I::GlobalGet(data),
+                I::I32Load(mem(0)),
+                I::LocalGet(0),
+                I::I32Sub,
+                I::LocalSet(1),
+                I::GlobalGet(data),
+                I::LocalGet(1),
+                I::I32Store(mem(0)),
+                I::LocalGet(1),
+                I::LocalGet(1),
+                I::I32Load(mem(0)),
+            ],
+        ),
+    ));
+    let first_helper = first_func + funcs.len() as u32;
+    for t in FRAME_TYPES {
+        let e = enc(t).expect("a number or vector type");
+        let size = size_of(t);
+        for count in 2..=CHUNK {
+            let mut params = vec![EVal::I32];
+            params.extend(std::iter::repeat_n(e, count));
+            let mut save = Vec::new();
+            for j in 0..count {
+                save.extend([I::LocalGet(0), I::LocalGet(1 + j as u32)]);
+                save.push(store(t, j as u32 * size));
+            }
+            funcs.push((ty(params, vec![]), body(&[], &save)));
+            let mut load = Vec::new();
+            for j in 0..count {
+                load.extend([I::LocalGet(0), self::load(t, j as u32 * size)]);
+            }
+            let results = vec![e; count];
+            funcs.push((ty(vec![EVal::I32], results), body(&[], &load)));
+        }
+    }
+    Runtime {
+        types,
+        funcs,
+        push: first_func + 5,
+        pop: first_func + 6,
+        first_helper,
+    }
 }
 
 /// What the per-function rewrite needs from the module.
@@ -587,25 +721,17 @@ struct Shared<'a> {
     wasm: &'a [u8],
     scan: &'a Scan,
     state: u32,
-    data: u32,
     body_types: &'a HashMap<Vec<ValType>, u32>,
     param_types: &'a HashMap<u32, u32>,
+    rt: &'a Runtime,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Call,
-    If,
-    Block,
-}
-
-/// A path item of a sequence: a site, or a construct containing sites
-/// `[.., hi)`; an `if` holds its then-arm's sites below `mid`.
+/// A path item of a sequence: a site, or a construct containing the sites
+/// `[lo, hi)`.
 #[derive(Debug, Clone, Copy)]
 struct Item {
+    lo: u32,
     hi: u32,
-    mid: u32,
-    kind: Kind,
 }
 
 /// A construct (or the function body, construct 0), in order of appearance.
@@ -627,7 +753,6 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
         arm: usize,
         live: bool,
         dead: bool,
-        is_if: bool,
     }
     let mut cons = vec![Cons {
         mid: u32::MAX,
@@ -638,7 +763,6 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
         arm: 0,
         live: true,
         dead: false,
-        is_if: false,
     }];
     let mut next = 0u32;
     for op in ops {
@@ -659,7 +783,6 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
                     arm: 0,
                     live: true,
                     dead,
-                    is_if: matches!(op, Operator::If { .. }),
                 });
             }
             Operator::Else => {
@@ -674,14 +797,9 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
                 if c.mid == u32::MAX {
                     c.mid = next;
                 }
-                let item = Item {
-                    hi: c.hi,
-                    mid: c.mid,
-                    kind: if open.is_if { Kind::If } else { Kind::Block },
-                };
-                let has_sites = c.hi > c.lo;
+                let item = Item { lo: c.lo, hi: c.hi };
                 if let Some(parent) = stack.last() {
-                    if !open.dead && has_sites {
+                    if !open.dead && item.hi > item.lo {
                         cons[parent.ord].arms[parent.arm].push(item);
                     }
                 }
@@ -693,15 +811,58 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
             ref call if scan.is_site(call) && !top.dead && top.live => {
                 next += 1;
                 cons[top.ord].arms[top.arm].push(Item {
+                    lo: next - 1,
                     hi: next,
-                    mid: next,
-                    kind: Kind::Call,
                 });
             }
             _ => {}
         }
     }
     Ok(cons)
+}
+
+/// Operators without side effects that cannot trap: `(values popped,
+/// exact)`, exact when the result depends only on locals and constants.
+/// The code computing what a site or construct takes may be moved past
+/// the rewind entry when it is made of these: run again when rewinding, it
+/// gives the same values (exact) or harmless ones.
+fn harmless(op: &Operator) -> Option<(usize, bool)> {
+    use Operator as O;
+    Some(match op {
+        O::LocalGet { .. } | O::I32Const { .. } | O::I64Const { .. } => (0, true),
+        O::F32Const { .. } | O::F64Const { .. } => (0, true),
+        O::GlobalGet { .. } => (0, false),
+        O::I32Eqz | O::I64Eqz | O::I32WrapI64 | O::I64ExtendI32S | O::I64ExtendI32U => (1, true),
+        O::I32Add
+        | O::I32Sub
+        | O::I32Mul
+        | O::I32And
+        | O::I32Or
+        | O::I32Xor
+        | O::I32Shl
+        | O::I32ShrS
+        | O::I32ShrU
+        | O::I32Eq
+        | O::I32Ne
+        | O::I32LtS
+        | O::I32LtU
+        | O::I32GtS
+        | O::I32GtU
+        | O::I32LeS
+        | O::I32LeU
+        | O::I32GeS
+        | O::I32GeU
+        | O::I64Add
+        | O::I64Sub
+        | O::I64Mul
+        | O::I64And
+        | O::I64Or
+        | O::I64Xor
+        | O::I64Shl
+        | O::I64ShrS
+        | O::I64ShrU => (2, true),
+        _ => return None,
+    })
 }
 
 /// An open frame of the original code while rewriting.
@@ -721,6 +882,8 @@ struct Frame {
     path: bool,
     /// Values below this construct, kept in locals until its end.
     restore: Vec<(ValType, u32)>,
+    /// Locals held until its end (an `if`'s condition).
+    hold: Vec<(ValType, u32)>,
     results: usize,
 }
 
@@ -734,13 +897,20 @@ struct Rewriter<'a> {
     frames: Vec<Frame>,
     next_ord: usize,
     next_site: u32,
-    rw: u32,
     target: u32,
-    cond: u32,
     next_local: u32,
     temps: Vec<ValType>,
     free: HashMap<ValType, Vec<u32>>,
+    /// Within the current run of [`harmless`] operators: before each,
+    /// its output position and the operand stack height; entries from
+    /// which a later operator popped below their height are dropped.
+    run: Vec<(usize, usize)>,
+    /// Output positions before this are not exact (a `global.get` follows).
+    inexact_until: usize,
 }
+
+/// Checkpoints kept per run of harmless operators.
+const RUN_MAX: usize = 32;
 
 impl Rewriter<'_> {
     fn put(&mut self, i: Instruction) {
@@ -804,6 +974,36 @@ impl Rewriter<'_> {
         }
     }
 
+    /// Copies a harmless operator, extending the current run.
+    fn harmless_op(&mut self, raw: &[u8], height: usize, pops: usize, exact: bool) {
+        if self.run.len() == RUN_MAX {
+            self.run.remove(0);
+        }
+        self.run.push((self.out.len(), height));
+        let floor = height.saturating_sub(pops);
+        self.run.retain(|&(_, h)| h <= floor);
+        self.out.extend_from_slice(raw);
+        if !exact {
+            self.inexact_until = self.out.len();
+        }
+    }
+
+    /// Cuts off the end of the output that computes exactly the top `takes`
+    /// values from harmless operators (exact ones only, if `exact`), and
+    /// returns it; `None` when the values come from anything else.
+    fn take_run(&mut self, height: usize, takes: usize, exact: bool) -> Option<Vec<u8>> {
+        let run = std::mem::take(&mut self.run);
+        if takes == 0 {
+            return Some(Vec::new());
+        }
+        let want = height.checked_sub(takes)?;
+        let &(pos, _) = run
+            .iter()
+            .rev()
+            .find(|&&(p, h)| h == want && (!exact || p >= self.inexact_until))?;
+        Some(self.out.split_off(pos))
+    }
+
     /// Closes the innermost open `B` block: the next path item follows.
     fn next_item(&mut self) -> Result<Item, UnwindError> {
         self.put(Instruction::End);
@@ -829,11 +1029,11 @@ impl Rewriter<'_> {
         if n == 0 {
             return Ok(());
         }
+        let at = self.out.len();
+        stats::add(&stats::ITEMS, n);
         // The blocks take the sequence's parameters, so that nothing is
         // written to a local on the way to a site when rewinding (that
         // could clobber a restored one).
-        let at = self.out.len();
-        stats::add(&stats::ITEMS, n);
         let bt =
             match (Self::frame_values(fv)?, frame_bt) {
                 (0, _) => BlockType::Empty,
@@ -848,32 +1048,47 @@ impl Rewriter<'_> {
             self.put(Instruction::Block(bt));
         }
         self.level += n as u32;
-        self.put(Instruction::LocalGet(self.rw));
-        self.put(Instruction::If(BlockType::Empty));
-        for (i, item) in items.iter().enumerate() {
-            self.put(Instruction::LocalGet(self.target));
-            self.put(Instruction::I32Const(item.hi as i32));
-            self.put(Instruction::I32LtU);
+        // Rewinding (state 2; at a sequence's start it is 0 or 2): leave
+        // B_i, whose item holds the saved site. B_i is at depth i here.
+        let state = self.sh.state;
+        if n == 1 {
+            self.put(Instruction::GlobalGet(state));
+            self.put(Instruction::BrIf(0));
+        } else {
+            let lo = items[0].lo;
+            let span = (items[n - 1].hi - lo) as usize;
+            self.put(Instruction::GlobalGet(state));
             self.put(Instruction::If(BlockType::Empty));
-            match item.kind {
-                Kind::If => {
+            if span <= 6 * n {
+                // A jump table over the site numbers, out of range: trap.
+                self.put(Instruction::Block(BlockType::Empty));
+                self.put(Instruction::LocalGet(self.target));
+                if lo != 0 {
+                    self.put(Instruction::I32Const(lo as i32));
+                    self.put(Instruction::I32Sub);
+                }
+                let mut table = Vec::with_capacity(span);
+                for (i, item) in items.iter().enumerate() {
+                    table.extend(std::iter::repeat_n(
+                        2 + i as u32,
+                        (item.hi - item.lo) as usize,
+                    ));
+                }
+                self.put(Instruction::BrTable(table.into(), 0));
+                self.put(Instruction::End);
+                self.put(Instruction::Unreachable);
+            } else {
+                // Few items over many sites: compare with each item's end.
+                for (i, item) in items.iter().enumerate().take(n - 1) {
                     self.put(Instruction::LocalGet(self.target));
-                    self.put(Instruction::I32Const(item.mid as i32));
+                    self.put(Instruction::I32Const(item.hi as i32));
                     self.put(Instruction::I32LtU);
-                    self.put(Instruction::LocalSet(self.cond));
+                    self.put(Instruction::BrIf(1 + i as u32));
                 }
-                Kind::Call => {
-                    self.put(Instruction::I32Const(0));
-                    self.put(Instruction::LocalSet(self.rw));
-                }
-                Kind::Block => {}
+                self.put(Instruction::Br(n as u32));
             }
-            // Inside the dispatch `if` and this `if`: B_i is at base + n - i.
-            self.put(Instruction::Br(2 + i as u32));
             self.put(Instruction::End);
         }
-        self.put(Instruction::Unreachable);
-        self.put(Instruction::End);
         stats::add(&stats::DISPATCH, self.out.len() - at);
         Ok(())
     }
@@ -901,25 +1116,59 @@ impl Rewriter<'_> {
         let dead = parent.dead || !parent.live;
         let c = &self.cons[ord];
         let path = !dead && c.hi > c.lo;
+        let (then_only, else_only) = (c.mid == c.hi, c.mid == c.lo);
         let (np, nr) = self.sh.scan.block_arity(bt);
         let is_if = matches!(op, Operator::If { .. });
         let mut restore = Vec::new();
+        let mut hold = Vec::new();
         let at = self.out.len();
         if path {
             let k = Self::frame_values(fv)?;
-            let skip = usize::from(is_if);
-            if is_if {
-                self.put(Instruction::LocalSet(self.cond));
-            }
-            let params = self.spill(fv, skip, np)?;
-            restore = self.spill(fv, skip + np, k - skip - np)?;
-            self.next_item()?;
-            self.push(&params);
-            self.release(&params);
-            if is_if {
-                self.put(Instruction::LocalGet(self.cond));
+            let height = fv.operand_stack_height() as usize;
+            let takes = np + usize::from(is_if);
+            if is_if && !then_only && !else_only {
+                // Sites in both arms: the condition itself picks the arm
+                // when rewinding, so it is kept (saved with the frame).
+                self.run.clear();
+                let cond = self.alloc(ValType::I32)?;
+                self.put(Instruction::LocalSet(cond));
+                hold.push((ValType::I32, cond));
+                let params = self.spill(fv, 1, np)?;
+                restore = self.spill(fv, takes, k - takes)?;
+                self.next_item()?;
+                self.push(&params);
+                self.release(&params);
+                self.put(Instruction::LocalGet(cond));
+            } else {
+                // What it takes is re-made when rewinding (any values do:
+                // they go into the B blocks, or select the only arm that
+                // has sites, below).
+                match self.take_run(height, takes, false) {
+                    Some(moved) => {
+                        restore = self.spill(fv, takes, k - takes)?;
+                        self.next_item()?;
+                        self.out.extend_from_slice(&moved);
+                    }
+                    None => {
+                        let taken = self.spill(fv, 0, takes)?;
+                        restore = self.spill(fv, takes, k - takes)?;
+                        self.next_item()?;
+                        self.push(&taken);
+                        self.release(&taken);
+                    }
+                }
+                if is_if && then_only {
+                    self.put(Instruction::GlobalGet(self.sh.state));
+                    self.put(Instruction::I32Or);
+                } else if is_if {
+                    self.put(Instruction::I32Const(0));
+                    self.put(Instruction::GlobalGet(self.sh.state));
+                    self.put(Instruction::I32Eqz);
+                    self.put(Instruction::Select);
+                }
             }
         }
+        self.run.clear();
         stats::add(&stats::CONSTRUCT, self.out.len() - at);
         self.out.extend_from_slice(raw);
         self.level += 1;
@@ -935,6 +1184,7 @@ impl Rewriter<'_> {
             dead,
             path,
             restore,
+            hold,
             results: nr,
         });
         if path {
@@ -954,11 +1204,27 @@ impl Rewriter<'_> {
         let at = self.out.len() + raw.len();
         stats::add(&stats::SITES, 1);
         let k = Self::frame_values(fv)?;
-        let args = self.spill(fv, 0, nargs)?;
-        let below = self.spill(fv, nargs, k - nargs)?;
-        self.next_item()?;
-        self.push(&args);
-        self.release(&args);
+        let height = fv.operand_stack_height() as usize;
+        // A module function being rewound ignores its arguments (it
+        // reloads its locals); an import or a `call_indirect` needs them.
+        let exact = !matches!(op, Operator::Call { function_index }
+            if *function_index >= self.sh.scan.imported);
+        let below = match self.take_run(height, nargs, exact) {
+            Some(moved) => {
+                let below = self.spill(fv, nargs, k - nargs)?;
+                self.next_item()?;
+                self.out.extend_from_slice(&moved);
+                below
+            }
+            None => {
+                let args = self.spill(fv, 0, nargs)?;
+                let below = self.spill(fv, nargs, k - nargs)?;
+                self.next_item()?;
+                self.push(&args);
+                self.release(&args);
+                below
+            }
+        };
         self.out.extend_from_slice(raw);
         let id = self.next_site;
         self.next_site += 1;
@@ -977,6 +1243,65 @@ impl Rewriter<'_> {
         stats::add(&stats::SITE, self.out.len() - at);
         Ok(())
     }
+}
+
+/// Frame code for the locals `saved` (local, type), grouped by type in
+/// [`FRAME_TYPES`] order from offset 4 (the site number is at 0): saves
+/// (`load` false) or loads them at the frame address in local `ptr`.
+/// Returns the frame size.
+fn frame_code(
+    out: &mut Vec<u8>,
+    rt: &Runtime,
+    saved: &[(u32, ValType)],
+    ptr: u32,
+    load: bool,
+) -> u32 {
+    use Instruction as I;
+    let mut off = 4u32;
+    for t in FRAME_TYPES {
+        let locals: Vec<u32> = saved
+            .iter()
+            .filter(|(_, lt)| *lt == t)
+            .map(|(l, _)| *l)
+            .collect();
+        for chunk in locals.chunks(CHUNK) {
+            let base = |out: &mut Vec<u8>| {
+                put(out, I::LocalGet(ptr));
+                if off != 0 {
+                    put(out, I::I32Const(off as i32));
+                    put(out, I::I32Add);
+                }
+            };
+            match (chunk.len(), load) {
+                (1, false) => {
+                    put(out, I::LocalGet(ptr));
+                    put(out, I::LocalGet(chunk[0]));
+                    put(out, store(t, off));
+                }
+                (1, true) => {
+                    put(out, I::LocalGet(ptr));
+                    put(out, self::load(t, off));
+                    put(out, I::LocalSet(chunk[0]));
+                }
+                (c, false) => {
+                    base(out);
+                    for &l in chunk {
+                        put(out, I::LocalGet(l));
+                    }
+                    put(out, I::Call(rt.helper(t, c, false)));
+                }
+                (c, true) => {
+                    base(out);
+                    put(out, I::Call(rt.helper(t, c, true)));
+                    for &l in chunk.iter().rev() {
+                        put(out, I::LocalSet(l));
+                    }
+                }
+            }
+            off += size_of(t) * chunk.len() as u32;
+        }
+    }
+    off
 }
 
 /// Rewrites one function that can unwind. Returns the body (locals and
@@ -1004,6 +1329,7 @@ fn instrument(
     }
     let cons = plan(scan, body.get_operators_reader()?)?;
     let base = local_types.len() as u32;
+    let (target, ptr) = (base, base + 1);
     let mut rw = Rewriter {
         sh,
         cons: &cons,
@@ -1012,14 +1338,13 @@ fn instrument(
         frames: Vec::new(),
         next_ord: 1,
         next_site: 0,
-        rw: base,
-        target: base + 1,
-        cond: base + 3,
-        next_local: base + 4,
+        target,
+        next_local: base + 2,
         temps: Vec::new(),
         free: HashMap::new(),
+        run: Vec::new(),
+        inexact_until: 0,
     };
-    let ptr = base + 2;
     let results = ty.results();
     let body_bt = match results.len() {
         0 => BlockType::Empty,
@@ -1040,6 +1365,7 @@ fn instrument(
         dead: false,
         path: true,
         restore: Vec::new(),
+        hold: Vec::new(),
         results: results.len(),
     });
     rw.arm_start(fv)?;
@@ -1054,71 +1380,6 @@ fn instrument(
             Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
                 rw.construct(fv, &op, raw, start, blockty)?;
             }
-            Operator::Else => {
-                let f = rw.top();
-                if f.path && f.cursor != f.n {
-                    return Err(UnwindError::Read("site plan out of step at else".into()));
-                }
-                rw.out.extend_from_slice(raw);
-                fv.op(start, &op)?;
-                let f = rw.top();
-                f.arm = 1;
-                f.live = true;
-                if f.path {
-                    rw.arm_start(fv)?;
-                }
-            }
-            Operator::End => {
-                let f = rw.frames.pop().expect("inside the function");
-                if rw.frames.is_empty() {
-                    // The function's end: close $body, return; close $unwind.
-                    rw.put(Instruction::End);
-                    rw.put(Instruction::Return);
-                    rw.put(Instruction::End);
-                    rw.level = 0;
-                    fv.op(start, &op)?;
-                    finished = true;
-                    break;
-                }
-                rw.out.extend_from_slice(raw);
-                rw.level -= 1;
-                fv.op(start, &op)?;
-                if !f.restore.is_empty() {
-                    let at = rw.out.len();
-                    let res = rw.spill(fv, 0, f.results)?;
-                    rw.push(&f.restore);
-                    rw.push(&res);
-                    rw.release(&res);
-                    stats::add(&stats::RESTORE, rw.out.len() - at);
-                }
-                rw.release(&f.restore);
-            }
-            Operator::Br { relative_depth } => {
-                let d = rw.branch_depth(relative_depth)?;
-                rw.put(Instruction::Br(d));
-                fv.op(start, &op)?;
-                rw.top().live = false;
-            }
-            Operator::BrIf { relative_depth } => {
-                let d = rw.branch_depth(relative_depth)?;
-                rw.put(Instruction::BrIf(d));
-                fv.op(start, &op)?;
-            }
-            Operator::BrTable { ref targets } => {
-                let mut mapped = Vec::with_capacity(targets.len() as usize);
-                for t in targets.targets() {
-                    mapped.push(rw.branch_depth(t?)?);
-                }
-                let default = rw.branch_depth(targets.default())?;
-                rw.put(Instruction::BrTable(mapped.into(), default));
-                fv.op(start, &op)?;
-                rw.top().live = false;
-            }
-            Operator::Return | Operator::Unreachable => {
-                rw.out.extend_from_slice(raw);
-                fv.op(start, &op)?;
-                rw.top().live = false;
-            }
             ref call
                 if scan.is_site(call) && {
                     let f = rw.frames.last().expect("inside the function");
@@ -1126,10 +1387,92 @@ fn instrument(
                 } =>
             {
                 rw.site(fv, call, raw, start)?;
+                rw.run.clear();
             }
             _ => {
-                rw.out.extend_from_slice(raw);
-                fv.op(start, &op)?;
+                let harmless = harmless(&op).filter(|_| {
+                    let f = rw.frames.last().expect("inside the function");
+                    f.live && !f.dead
+                });
+                if let Some((pops, exact)) = harmless {
+                    let height = fv.operand_stack_height() as usize;
+                    rw.harmless_op(raw, height, pops, exact);
+                    fv.op(start, &op)?;
+                    continue;
+                }
+                rw.run.clear();
+                match op {
+                    Operator::Else => {
+                        let f = rw.top();
+                        if f.path && f.cursor != f.n {
+                            return Err(UnwindError::Read("site plan out of step at else".into()));
+                        }
+                        rw.out.extend_from_slice(raw);
+                        fv.op(start, &op)?;
+                        let f = rw.top();
+                        f.arm = 1;
+                        f.live = true;
+                        if f.path {
+                            rw.arm_start(fv)?;
+                        }
+                    }
+                    Operator::End => {
+                        let f = rw.frames.pop().expect("inside the function");
+                        if rw.frames.is_empty() {
+                            // The function's end: close $body, return; close $unwind.
+                            rw.put(Instruction::End);
+                            rw.put(Instruction::Return);
+                            rw.put(Instruction::End);
+                            rw.level = 0;
+                            fv.op(start, &op)?;
+                            finished = true;
+                            break;
+                        }
+                        rw.out.extend_from_slice(raw);
+                        rw.level -= 1;
+                        fv.op(start, &op)?;
+                        if !f.restore.is_empty() {
+                            let at = rw.out.len();
+                            let res = rw.spill(fv, 0, f.results)?;
+                            rw.push(&f.restore);
+                            rw.push(&res);
+                            rw.release(&res);
+                            stats::add(&stats::RESTORE, rw.out.len() - at);
+                        }
+                        rw.release(&f.restore);
+                        rw.release(&f.hold);
+                    }
+                    Operator::Br { relative_depth } => {
+                        let d = rw.branch_depth(relative_depth)?;
+                        rw.put(Instruction::Br(d));
+                        fv.op(start, &op)?;
+                        rw.top().live = false;
+                    }
+                    Operator::BrIf { relative_depth } => {
+                        let d = rw.branch_depth(relative_depth)?;
+                        rw.put(Instruction::BrIf(d));
+                        fv.op(start, &op)?;
+                    }
+                    Operator::BrTable { ref targets } => {
+                        let mut mapped = Vec::with_capacity(targets.len() as usize);
+                        for t in targets.targets() {
+                            mapped.push(rw.branch_depth(t?)?);
+                        }
+                        let default = rw.branch_depth(targets.default())?;
+                        rw.put(Instruction::BrTable(mapped.into(), default));
+                        fv.op(start, &op)?;
+                        rw.top().live = false;
+                    }
+                    Operator::Return | Operator::Unreachable => {
+                        rw.out.extend_from_slice(raw);
+                        fv.op(start, &op)?;
+                        rw.top().live = false;
+                    }
+                    _ => {
+                        rw.out.extend_from_slice(raw);
+                        fv.op(start, &op)?;
+                    }
+                }
             }
         }
     }
@@ -1137,10 +1480,8 @@ fn instrument(
         return Err(UnwindError::Read("function without its end".into()));
     }
 
-    // Frame layout: site number, then every local but the four control ones.
-    let mut saved: Vec<(u32, ValType, u32)> = Vec::new();
-    let mut size = 4u32;
-    let all = local_types
+    // The frame: every local but the two control ones.
+    let saved: Vec<(u32, ValType)> = local_types
         .iter()
         .copied()
         .enumerate()
@@ -1150,57 +1491,32 @@ fn instrument(
                 .iter()
                 .copied()
                 .enumerate()
-                .map(|(i, t)| (base + 4 + i as u32, t)),
-        );
-    for (l, t) in all {
-        saved.push((l, t, size));
-        size += size_of(t);
-    }
+                .map(|(i, t)| (base + 2 + i as u32, t)),
+        )
+        .collect();
+    let mut frame_save = Vec::new();
+    let size = frame_code(&mut frame_save, sh.rt, &saved, ptr, false);
+    stats::add(&stats::FUNCS, 1);
+    stats::add(&stats::LOCALS, saved.len());
 
     // Unwind: the site number is on the stack.
     let frame_at = rw.out.len();
-    stats::add(&stats::FUNCS, 1);
-    stats::add(&stats::LOCALS, saved.len());
-    let target = rw.target;
-    let data = sh.data;
-    rw.put(Instruction::LocalSet(target));
-    rw.put(Instruction::GlobalGet(data));
-    rw.put(Instruction::I32Load(mem(0)));
+    rw.put(Instruction::I32Const(size as i32));
+    rw.put(Instruction::Call(sh.rt.push));
     rw.put(Instruction::LocalSet(ptr));
-    rw.put(Instruction::LocalGet(ptr));
-    rw.put(Instruction::I32Const(size as i32));
-    rw.put(Instruction::I32Add);
-    rw.put(Instruction::GlobalGet(data));
-    rw.put(Instruction::I32Load(mem(4)));
-    rw.put(Instruction::I32GtU);
-    rw.put(Instruction::If(BlockType::Empty));
-    rw.put(Instruction::Unreachable);
-    rw.put(Instruction::End);
-    rw.put(Instruction::LocalGet(ptr));
-    rw.put(Instruction::LocalGet(target));
-    rw.put(Instruction::I32Store(mem(0)));
-    for &(l, t, off) in &saved {
-        rw.put(Instruction::LocalGet(ptr));
-        rw.put(Instruction::LocalGet(l));
-        rw.put(store(t, off));
-    }
-    rw.put(Instruction::GlobalGet(data));
-    rw.put(Instruction::LocalGet(ptr));
-    rw.put(Instruction::I32Const(size as i32));
-    rw.put(Instruction::I32Add);
-    rw.put(Instruction::I32Store(mem(0)));
+    rw.out.extend_from_slice(&frame_save);
     for &t in results {
         rw.put(zero(t));
     }
     rw.put(Instruction::End);
 
     // Locals, then the rewind prologue, then the code.
-    let mut out = Vec::with_capacity(rw.out.len() + 64 + 16 * saved.len());
+    let mut out = Vec::with_capacity(rw.out.len() + 64 + 8 * saved.len());
     let mut decls: Vec<(u32, EVal)> = Vec::new();
     for (count, t) in groups {
         decls.push((count, enc(t)?));
     }
-    decls.push((4, EVal::I32));
+    decls.push((2, EVal::I32));
     for &t in &rw.temps {
         let e = enc(t)?;
         match decls.last_mut() {
@@ -1213,31 +1529,20 @@ fn instrument(
         count.encode(&mut out);
         t.encode(&mut out);
     }
-    let p = |out: &mut Vec<u8>, i: Instruction| put(out, i);
-    p(&mut out, Instruction::GlobalGet(sh.state));
-    p(&mut out, Instruction::I32Const(2));
-    p(&mut out, Instruction::I32Eq);
-    p(&mut out, Instruction::If(BlockType::Empty));
-    p(&mut out, Instruction::GlobalGet(data));
-    p(&mut out, Instruction::I32Load(mem(0)));
-    p(&mut out, Instruction::I32Const(size as i32));
-    p(&mut out, Instruction::I32Sub);
-    p(&mut out, Instruction::LocalSet(ptr));
-    p(&mut out, Instruction::GlobalGet(data));
-    p(&mut out, Instruction::LocalGet(ptr));
-    p(&mut out, Instruction::I32Store(mem(0)));
-    p(&mut out, Instruction::LocalGet(ptr));
-    p(&mut out, Instruction::I32Load(mem(0)));
-    p(&mut out, Instruction::LocalSet(target));
-    for &(l, t, off) in &saved {
-        p(&mut out, Instruction::LocalGet(ptr));
-        p(&mut out, load(t, off));
-        p(&mut out, Instruction::LocalSet(l));
-    }
-    p(&mut out, Instruction::I32Const(1));
-    p(&mut out, Instruction::LocalSet(rw.rw));
-    p(&mut out, Instruction::End);
-    stats::add(&stats::FRAME, out.len() + rw.out.len() - frame_at);
+    let prologue_at = out.len();
+    // At entry the state is 0 (running) or 2 (rewinding), never 1.
+    put(&mut out, Instruction::GlobalGet(sh.state));
+    put(&mut out, Instruction::If(BlockType::Empty));
+    put(&mut out, Instruction::I32Const(size as i32));
+    put(&mut out, Instruction::Call(sh.rt.pop));
+    put(&mut out, Instruction::LocalSet(target));
+    put(&mut out, Instruction::LocalSet(ptr));
+    frame_code(&mut out, sh.rt, &saved, ptr, true);
+    put(&mut out, Instruction::End);
+    stats::add(
+        &stats::FRAME,
+        out.len() - prologue_at + rw.out.len() - frame_at,
+    );
     out.extend_from_slice(&rw.out);
     Ok(out)
 }
