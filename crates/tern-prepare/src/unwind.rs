@@ -741,6 +741,11 @@ struct Cons {
     mid: u32,
     hi: u32,
     arms: [Vec<Item>; 2],
+    /// Per arm: its first item is *free*: only harmless code precedes it
+    /// in the arm, making exactly what it takes. Rewinding then simply runs
+    /// that code again, so the item needs no block to be reached and the
+    /// hot path no extra merge point (a loop's pause check is such).
+    free0: [bool; 2],
 }
 
 /// First pass over a function: numbers the sites and lists, per sequence,
@@ -753,6 +758,13 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
         arm: usize,
         live: bool,
         dead: bool,
+        is_if: bool,
+        params: usize,
+        /// While the current arm has run only harmless operators: the
+        /// values they left and whether all were exact.
+        prefix: Option<(usize, bool)>,
+        /// Its parent's prefix made exactly what this construct takes.
+        takes_prefix: bool,
     }
     let mut cons = vec![Cons {
         mid: u32::MAX,
@@ -763,6 +775,10 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
         arm: 0,
         live: true,
         dead: false,
+        is_if: false,
+        params: 0,
+        prefix: Some((0, true)),
+        takes_prefix: false,
     }];
     let mut next = 0u32;
     for op in ops {
@@ -771,8 +787,13 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
             return Err(UnwindError::Read("code after the function's end".into()));
         };
         match op {
-            Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+            Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
                 let dead = top.dead || !top.live;
+                let is_if = matches!(op, Operator::If { .. });
+                let (params, _) = scan.block_arity(blockty);
+                let takes = params + usize::from(is_if);
+                let takes_prefix = matches!(top.prefix, Some((h, _)) if h == takes);
+                top.prefix = None;
                 cons.push(Cons {
                     lo: next,
                     mid: u32::MAX,
@@ -783,11 +804,16 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
                     arm: 0,
                     live: true,
                     dead,
+                    is_if,
+                    params,
+                    prefix: (params == 0).then_some((0, true)),
+                    takes_prefix,
                 });
             }
             Operator::Else => {
                 top.arm = 1;
                 top.live = true;
+                top.prefix = (top.params == 0).then_some((0, true));
                 cons[top.ord].mid = next;
             }
             Operator::End => {
@@ -798,24 +824,54 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
                     c.mid = next;
                 }
                 let item = Item { lo: c.lo, hi: c.hi };
+                // An `if` with sites in both arms needs its real condition.
+                let both = open.is_if && c.mid != c.lo && c.mid != c.hi;
                 if let Some(parent) = stack.last() {
                     if !open.dead && item.hi > item.lo {
-                        cons[parent.ord].arms[parent.arm].push(item);
+                        let p = &mut cons[parent.ord];
+                        if p.arms[parent.arm].is_empty() && open.takes_prefix && !both {
+                            p.free0[parent.arm] = true;
+                        }
+                        p.arms[parent.arm].push(item);
                     }
                 }
             }
-            Operator::Br { .. }
-            | Operator::BrTable { .. }
-            | Operator::Return
-            | Operator::Unreachable => top.live = false,
             ref call if scan.is_site(call) && !top.dead && top.live => {
+                let (nargs, _) = scan.call_arity(call);
+                // Re-made when rewinding: exactly, for calls whose
+                // arguments matter then.
+                let exact_needed = !matches!(call, Operator::Call { function_index }
+                    if *function_index >= scan.imported);
+                let free = matches!(top.prefix, Some((h, exact))
+                    if h == nargs && (exact || !exact_needed));
+                top.prefix = None;
                 next += 1;
+                let arm = &mut cons[top.ord].arms[top.arm];
+                if arm.is_empty() && free {
+                    cons[top.ord].free0[top.arm] = true;
+                }
                 cons[top.ord].arms[top.arm].push(Item {
                     lo: next - 1,
                     hi: next,
                 });
             }
-            _ => {}
+            ref other => {
+                if matches!(
+                    other,
+                    Operator::Br { .. }
+                        | Operator::BrTable { .. }
+                        | Operator::Return
+                        | Operator::Unreachable
+                ) {
+                    top.live = false;
+                }
+                top.prefix = match (top.prefix, harmless(other)) {
+                    (Some((h, ex)), Some((pops, exact))) if h >= pops => {
+                        Some((h - pops + 1, ex && exact))
+                    }
+                    _ => None,
+                };
+            }
         }
     }
     Ok(cons)
@@ -1004,10 +1060,20 @@ impl Rewriter<'_> {
         Some(self.out.split_off(pos))
     }
 
-    /// Closes the innermost open `B` block: the next path item follows.
+    /// Whether the next path item of the current arm is free (see
+    /// [`Cons::free0`]).
+    fn next_is_free(&self) -> bool {
+        let f = self.frames.last().expect("inside the function");
+        f.cursor == 0 && self.cons[f.ord].free0[f.arm]
+    }
+
+    /// Closes the innermost open `B` block (a free item has none): the
+    /// next path item follows.
     fn next_item(&mut self) -> Result<Item, UnwindError> {
-        self.put(Instruction::End);
-        self.level -= 1;
+        if !self.next_is_free() {
+            self.put(Instruction::End);
+            self.level -= 1;
+        }
         let cons = self.cons;
         let f = self.top();
         let item = cons[f.ord].arms[f.arm]
@@ -1026,9 +1092,13 @@ impl Rewriter<'_> {
         f.n = cons[f.ord].arms[f.arm].len();
         let (ord, arm, frame_bt, n) = (f.ord, f.arm, f.bt, f.n);
         let items = &cons[ord].arms[arm];
-        if n == 0 {
+        let free0 = cons[ord].free0[arm];
+        if n == 0 || (n == 1 && free0) {
             return Ok(());
         }
+        // Depths below are for B_i inside the dispatch's `if`; without B_0
+        // (a free first item), exiting the `if` itself reaches item 0.
+        let shift = u32::from(!free0);
         let at = self.out.len();
         stats::add(&stats::ITEMS, n);
         // The blocks take the sequence's parameters, so that nothing is
@@ -1044,10 +1114,11 @@ impl Rewriter<'_> {
                 }
                 _ => return Err(UnwindError::Read("parameters without a type".into())),
             };
-        for _ in 0..n {
+        let blocks = n - usize::from(free0);
+        for _ in 0..blocks {
             self.put(Instruction::Block(bt));
         }
-        self.level += n as u32;
+        self.level += blocks as u32;
         // Rewinding (state 2; at a sequence's start it is 0 or 2): leave
         // B_i, whose item holds the saved site. B_i is at depth i here.
         let state = self.sh.state;
@@ -1070,7 +1141,7 @@ impl Rewriter<'_> {
                 let mut table = Vec::with_capacity(span);
                 for (i, item) in items.iter().enumerate() {
                     table.extend(std::iter::repeat_n(
-                        2 + i as u32,
+                        1 + shift + i as u32,
                         (item.hi - item.lo) as usize,
                     ));
                 }
@@ -1083,9 +1154,9 @@ impl Rewriter<'_> {
                     self.put(Instruction::LocalGet(self.target));
                     self.put(Instruction::I32Const(item.hi as i32));
                     self.put(Instruction::I32LtU);
-                    self.put(Instruction::BrIf(1 + i as u32));
+                    self.put(Instruction::BrIf(shift + i as u32));
                 }
-                self.put(Instruction::Br(n as u32));
+                self.put(Instruction::Br(shift + n as u32 - 1));
             }
             self.put(Instruction::End);
         }
@@ -1126,7 +1197,20 @@ impl Rewriter<'_> {
             let k = Self::frame_values(fv)?;
             let height = fv.operand_stack_height() as usize;
             let takes = np + usize::from(is_if);
-            if is_if && !then_only && !else_only {
+            if self.next_is_free() {
+                // Made by harmless code, which rewinding runs again.
+                self.run.clear();
+                self.next_item()?;
+                if is_if && then_only {
+                    self.put(Instruction::GlobalGet(self.sh.state));
+                    self.put(Instruction::I32Or);
+                } else if is_if {
+                    self.put(Instruction::I32Const(0));
+                    self.put(Instruction::GlobalGet(self.sh.state));
+                    self.put(Instruction::I32Eqz);
+                    self.put(Instruction::Select);
+                }
+            } else if is_if && !then_only && !else_only {
                 // Sites in both arms: the condition itself picks the arm
                 // when rewinding, so it is kept (saved with the frame).
                 self.run.clear();
@@ -1209,7 +1293,19 @@ impl Rewriter<'_> {
         // reloads its locals); an import or a `call_indirect` needs them.
         let exact = !matches!(op, Operator::Call { function_index }
             if *function_index >= self.sh.scan.imported);
-        let below = match self.take_run(height, nargs, exact) {
+        let free = self.next_is_free();
+        let moved = if free {
+            self.run.clear();
+            None
+        } else {
+            self.take_run(height, nargs, exact)
+        };
+        let below = match moved {
+            None if free => {
+                // Made by harmless code, which rewinding runs again.
+                self.next_item()?;
+                Vec::new()
+            }
             Some(moved) => {
                 let below = self.spill(fv, nargs, k - nargs)?;
                 self.next_item()?;
