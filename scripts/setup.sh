@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Tern needs on a fresh Debian 12 machine (idempotent):
-# clang + wasi-libc to build guests, binaryen (wasm-opt) for prepare, wabt,
+# clang + wasi-libc to build guests, binaryen (wasm-opt) for the Asyncify oracle the tests compare against, wabt,
 # iproute2 for the network-namespace tests.
 set -euo pipefail
 

@@ -1,9 +1,11 @@
 //! A content-addressed cache of prepared modules.
 //!
-//! Entries live under `<dir>/prepared/<original digest>-<transform>.wasm` plus a
-//! small `.meta` file naming the transform version. A cache entry is written
-//! atomically (temp file + rename), so concurrent `tern run`s never see half a
-//! module.
+//! Entries live under `<dir>/prepared/<original digest>-<transform>-<version>.wasm`
+//! plus a `.blake3` file holding the prepared module's digest, written after
+//! it. Both are written atomically (temp file + rename), so concurrent
+//! `tern run`s never see half a module; an entry without its digest, or whose
+//! module does not match it, is rebuilt. Entries are validated when made, not
+//! on every use: hashing a large module is cheap, validating it is not.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,7 +78,7 @@ impl Cache {
     /// True when the prepared form of `wasm` (with default options) is cached.
     pub fn is_cached(&self, wasm: &[u8]) -> bool {
         self.entry(&digest(wasm), &Options::default())
-            .map(|(p, _)| p.is_file())
+            .map(|(p, _)| p.is_file() && p.with_extension("blake3").is_file())
             .unwrap_or(false)
     }
 
@@ -84,11 +86,17 @@ impl Cache {
     pub fn prepare(&self, wasm: &[u8], opts: &Options) -> Result<Prepared, CacheError> {
         let original_digest = digest(wasm);
         let (path, transform) = self.entry(&original_digest, opts)?;
-        if let Ok(module) = std::fs::read(&path) {
-            // A damaged entry is simply rebuilt.
-            if crate::check::check_prepared(&module).is_ok() {
+        let digest_path = path.with_extension("blake3");
+        if let (Ok(module), Ok(recorded)) =
+            (std::fs::read(&path), std::fs::read_to_string(&digest_path))
+        {
+            // The entry was validated when it was made; its recorded digest
+            // shows it is whole (hashing is far cheaper than validating a
+            // large module on every run). A damaged entry is rebuilt.
+            let prepared_digest = digest(&module);
+            if recorded.trim() == hex(&prepared_digest) {
                 return Ok(Prepared {
-                    prepared_digest: digest(&module),
+                    prepared_digest,
                     module,
                     original_digest,
                     transform,
@@ -96,10 +104,14 @@ impl Cache {
             }
         }
         let prepared = prepare(wasm, opts)?;
-        write_atomic(&path, &prepared.module).map_err(|source| CacheError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        let write = |p: &Path, bytes: &[u8]| {
+            write_atomic(p, bytes).map_err(|source| CacheError::Write {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        write(&path, &prepared.module)?;
+        write(&digest_path, hex(&prepared.prepared_digest).as_bytes())?;
         Ok(prepared)
     }
 }

@@ -33,7 +33,7 @@ impl Runtime {
             .with_host_memory(Arc::new(TernMemoryCreator))
             .cranelift_opt_level(OptLevel::Speed)
             // Prepared code uses more stack per frame than the original
-            // (Asyncify adds locals), so allow deep recursion a bigger stack.
+            // (the unwind transform adds locals), so allow deep recursion a bigger stack.
             // Threads running guests need at least GUEST_THREAD_STACK.
             .async_stack_size(MAX_WASM_STACK + (1 << 20))
             .max_wasm_stack(MAX_WASM_STACK)

@@ -31,7 +31,7 @@ use crate::store::StoreData;
 use crate::wasi;
 
 /// Scratch opened past the guest's memory for an unwind or rewind, in bytes.
-/// Only the pages Asyncify touches are ever backed, so this costs nothing
+/// Only the pages the unwinding code touches are ever backed, so this costs nothing
 /// until used; 64 MiB holds far more frames than wasmtime's stack limit
 /// ([`crate::MAX_WASM_STACK`]) lets a guest have.
 pub const UNWIND_BUFFER: usize = 64 << 20;
@@ -268,7 +268,8 @@ pub(crate) fn start_rewind(
     }
     let mem = scratch_slice(&f.memory, &mut store, scratch);
     mem[8..8 + blob.len()].copy_from_slice(blob);
-    // Asyncify pops what it pushed: rewinding starts from the end of the data.
+    // Frames are popped in reverse of their pushing: rewinding starts from
+    // the end of the data (both transforms).
     let end = scratch.addr + 8 + blob.len();
     write_header(mem, 0, end, end)?;
     store.as_context_mut().data_mut().suspend.rewinding = Some((scratch, pending));
