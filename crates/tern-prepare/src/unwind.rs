@@ -963,6 +963,10 @@ struct Rewriter<'a> {
     run: Vec<(usize, usize)>,
     /// Output positions before this are not exact (a `global.get` follows).
     inexact_until: usize,
+    /// Where the frame pop goes: first thing in the function body's
+    /// dispatch, run only when rewinding (none: the function has no site
+    /// and is never rewound into).
+    restore_at: Option<usize>,
 }
 
 /// Checkpoints kept per run of harmless operators.
@@ -1093,7 +1097,19 @@ impl Rewriter<'_> {
         let (ord, arm, frame_bt, n) = (f.ord, f.arm, f.bt, f.n);
         let items = &cons[ord].arms[arm];
         let free0 = cons[ord].free0[arm];
-        if n == 0 || (n == 1 && free0) {
+        // The function body's dispatch also pops the frame (see
+        // `restore_at`), so that entry has one merge, not two.
+        let body = ord == 0;
+        if n == 0 {
+            return Ok(());
+        }
+        if n == 1 && free0 {
+            if body {
+                self.put(Instruction::GlobalGet(self.sh.state));
+                self.put(Instruction::If(BlockType::Empty));
+                self.restore_at = Some(self.out.len());
+                self.put(Instruction::End);
+            }
             return Ok(());
         }
         // Depths below are for B_i inside the dispatch's `if`; without B_0
@@ -1122,7 +1138,13 @@ impl Rewriter<'_> {
         // Rewinding (state 2; at a sequence's start it is 0 or 2): leave
         // B_i, whose item holds the saved site. B_i is at depth i here.
         let state = self.sh.state;
-        if n == 1 {
+        if n == 1 && body {
+            self.put(Instruction::GlobalGet(state));
+            self.put(Instruction::If(BlockType::Empty));
+            self.restore_at = Some(self.out.len());
+            self.put(Instruction::Br(1));
+            self.put(Instruction::End);
+        } else if n == 1 {
             self.put(Instruction::GlobalGet(state));
             self.put(Instruction::BrIf(0));
         } else {
@@ -1130,6 +1152,9 @@ impl Rewriter<'_> {
             let span = (items[n - 1].hi - lo) as usize;
             self.put(Instruction::GlobalGet(state));
             self.put(Instruction::If(BlockType::Empty));
+            if body {
+                self.restore_at = Some(self.out.len());
+            }
             if span <= 6 * n {
                 // A jump table over the site numbers, out of range: trap.
                 self.put(Instruction::Block(BlockType::Empty));
@@ -1440,6 +1465,7 @@ fn instrument(
         free: HashMap::new(),
         run: Vec::new(),
         inexact_until: 0,
+        restore_at: None,
     };
     let results = ty.results();
     let body_bt = match results.len() {
@@ -1625,21 +1651,22 @@ fn instrument(
         count.encode(&mut out);
         t.encode(&mut out);
     }
-    let prologue_at = out.len();
-    // At entry the state is 0 (running) or 2 (rewinding), never 1.
-    put(&mut out, Instruction::GlobalGet(sh.state));
-    put(&mut out, Instruction::If(BlockType::Empty));
-    put(&mut out, Instruction::I32Const(size as i32));
-    put(&mut out, Instruction::Call(sh.rt.pop));
-    put(&mut out, Instruction::LocalSet(target));
-    put(&mut out, Instruction::LocalSet(ptr));
-    frame_code(&mut out, sh.rt, &saved, ptr, true);
-    put(&mut out, Instruction::End);
-    stats::add(
-        &stats::FRAME,
-        out.len() - prologue_at + rw.out.len() - frame_at,
-    );
-    out.extend_from_slice(&rw.out);
+    // Rewinding: pop the frame, in the body's dispatch.
+    let mut pop = Vec::new();
+    put(&mut pop, Instruction::I32Const(size as i32));
+    put(&mut pop, Instruction::Call(sh.rt.pop));
+    put(&mut pop, Instruction::LocalSet(target));
+    put(&mut pop, Instruction::LocalSet(ptr));
+    frame_code(&mut pop, sh.rt, &saved, ptr, true);
+    stats::add(&stats::FRAME, pop.len() + rw.out.len() - frame_at);
+    match rw.restore_at {
+        Some(at) => {
+            out.extend_from_slice(&rw.out[..at]);
+            out.extend_from_slice(&pop);
+            out.extend_from_slice(&rw.out[at..]);
+        }
+        None => out.extend_from_slice(&rw.out),
+    }
     Ok(out)
 }
 
