@@ -22,24 +22,32 @@
 //! containing one (a *path item*), everything on the current frame's
 //! operand stack goes to fresh locals and what the item takes is pushed
 //! back; after it, the values below are pushed back under its results.
-//! So the operand stack is never live across an unwind, only locals are,
+//! Harmless code (locals, constants, non-trapping integer arithmetic)
+//! computing what the item takes is instead moved past the rewind entry
+//! and run again when rewinding. So only locals are live across an unwind,
 //! and no other code changes form.
 //!
-//! **Rewind.** At entry, a rewinding function pops its frame (locals and
-//! site number) and sets a local `$rw`. The items of each sequence (the
-//! function body, a block or loop body, an `if` arm) that contains path
-//! items are wrapped in nested blocks `B_{n-1} .. B_0`, `B_i` ending just
-//! before item `i`; a dispatch at the start of the sequence, run only when
-//! `$rw` is set, breaks out of the `B_i` whose item holds the saved site
-//! (sites are numbered in order, so each item holds a contiguous range).
-//! For an `if` item it sets the condition that selects the arm holding the
-//! site; for the site's call it clears `$rw`. The call is then made again
-//! with its saved arguments and the callee rewinds in turn. Normal
-//! execution pays one register test per entry to such a sequence, one
-//! global load and branch per site, and one at function entry.
+//! **Rewind.** The items of each sequence (the function body, a block or
+//! loop body, an `if` arm) that contains path items are wrapped in nested
+//! blocks `B_{n-1} .. B_0`, `B_i` ending just before item `i`. A dispatch
+//! at the start of the sequence, run only when the state is rewinding
+//! (at a sequence's start it is 0 or 2, never 1), breaks out of the `B_i`
+//! whose item holds the saved site: one `br_if` for one item, else a
+//! `br_table` over the site numbers (numbered in order, so each item holds
+//! a contiguous range). The function body's dispatch first pops the frame
+//! (locals, grouped by type and moved by shared helpers, and the site
+//! number). An `if` whose sites are all in one arm takes that arm by
+//! or-ing (or masking) its condition with the state; one with sites in
+//! both keeps its condition in a saved local. A first item reached only
+//! through harmless code needs no block (`Cons::free0`). The call at the
+//! site is then made again, with its saved arguments, and the callee
+//! rewinds in turn. Normal execution pays one global load and branch per
+//! site and per entry to such a sequence, and the control-flow merges
+//! before the items rewinding can reach (see `docs/transform.md`).
 //!
 //! Everything is one linear pass over each instrumented function (plus a
 //! scan numbering its sites), and one over the module for the call graph.
+//! `TERN_UNWIND_STATS=1` prints, per prepare, the bytes added by kind.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
