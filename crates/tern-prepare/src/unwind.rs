@@ -174,6 +174,13 @@ impl Scan {
         (ft.params().len() + extra, ft.results().len())
     }
 
+    /// Whether a site's arguments matter when it is called again to rewind:
+    /// a module function ignores them (it reloads its locals); an import or
+    /// a `call_indirect` (its table index) needs the same values.
+    fn arguments_matter(&self, op: &Operator) -> bool {
+        !matches!(op, Operator::Call { function_index } if *function_index >= self.imported)
+    }
+
     fn block_arity(&self, bt: wasmparser::BlockType) -> (usize, usize) {
         match bt {
             wasmparser::BlockType::Empty => (0, 0),
@@ -848,8 +855,7 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<Cons>, UnwindError> {
                 let (nargs, _) = scan.call_arity(call);
                 // Re-made when rewinding: exactly, for calls whose
                 // arguments matter then.
-                let exact_needed = !matches!(call, Operator::Call { function_index }
-                    if *function_index >= scan.imported);
+                let exact_needed = scan.arguments_matter(call);
                 let free = matches!(top.prefix, Some((h, exact))
                     if h == nargs && (exact || !exact_needed));
                 top.prefix = None;
@@ -1197,6 +1203,22 @@ impl Rewriter<'_> {
         Ok(())
     }
 
+    /// Turns the condition on the stack of an `if` whose sites are all in
+    /// one arm into one that takes that arm when rewinding: or-ed with the
+    /// state (then arm), or zero while rewinding (else arm).
+    fn arm_with_sites(&mut self, then_arm: bool) {
+        let state = self.sh.state;
+        if then_arm {
+            self.put(Instruction::GlobalGet(state));
+            self.put(Instruction::I32Or);
+        } else {
+            self.put(Instruction::I32Const(0));
+            self.put(Instruction::GlobalGet(state));
+            self.put(Instruction::I32Eqz);
+            self.put(Instruction::Select);
+        }
+    }
+
     fn branch_depth(&self, relative: u32) -> Result<u32, UnwindError> {
         let i = self
             .frames
@@ -1234,14 +1256,8 @@ impl Rewriter<'_> {
                 // Made by harmless code, which rewinding runs again.
                 self.run.clear();
                 self.next_item()?;
-                if is_if && then_only {
-                    self.put(Instruction::GlobalGet(self.sh.state));
-                    self.put(Instruction::I32Or);
-                } else if is_if {
-                    self.put(Instruction::I32Const(0));
-                    self.put(Instruction::GlobalGet(self.sh.state));
-                    self.put(Instruction::I32Eqz);
-                    self.put(Instruction::Select);
+                if is_if {
+                    self.arm_with_sites(then_only);
                 }
             } else if is_if && !then_only && !else_only {
                 // Sites in both arms: the condition itself picks the arm
@@ -1274,14 +1290,8 @@ impl Rewriter<'_> {
                         self.release(&taken);
                     }
                 }
-                if is_if && then_only {
-                    self.put(Instruction::GlobalGet(self.sh.state));
-                    self.put(Instruction::I32Or);
-                } else if is_if {
-                    self.put(Instruction::I32Const(0));
-                    self.put(Instruction::GlobalGet(self.sh.state));
-                    self.put(Instruction::I32Eqz);
-                    self.put(Instruction::Select);
+                if is_if {
+                    self.arm_with_sites(then_only);
                 }
             }
         }
@@ -1322,10 +1332,7 @@ impl Rewriter<'_> {
         stats::add(&stats::SITES, 1);
         let k = Self::frame_values(fv)?;
         let height = fv.operand_stack_height() as usize;
-        // A module function being rewound ignores its arguments (it
-        // reloads its locals); an import or a `call_indirect` needs them.
-        let exact = !matches!(op, Operator::Call { function_index }
-            if *function_index >= self.sh.scan.imported);
+        let exact = self.sh.scan.arguments_matter(op);
         let free = self.next_is_free();
         let moved = if free {
             self.run.clear();
