@@ -33,6 +33,7 @@ mod cache;
 pub mod callgraph;
 pub mod check;
 pub mod points;
+pub mod resume;
 pub mod unwind;
 
 pub use cache::{default_cache_dir, Cache, CacheError};

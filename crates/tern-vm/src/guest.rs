@@ -63,6 +63,9 @@ pub struct CaptureStats {
 pub struct Guest {
     store: Store<StoreData>,
     engine: Engine,
+    /// For compiling continuation modules when a `tern-unwind` guest resumes.
+    runtime: Runtime,
+    instance: Instance,
     start: TypedFunc<(), ()>,
     memory: Memory,
     pause_flag: Option<Global>,
@@ -152,7 +155,7 @@ impl Guest {
     fn assemble(
         mut store: Store<StoreData>,
         instance: Instance,
-        engine: Engine,
+        runtime: &Runtime,
         module: Arc<[u8]>,
         transform: TransformId,
         original_digest: [u8; 32],
@@ -198,7 +201,9 @@ impl Guest {
         });
         Ok(Guest {
             store,
-            engine,
+            engine: runtime.engine.clone(),
+            runtime: runtime.clone(),
+            instance,
             start,
             memory,
             pause_flag,
@@ -221,7 +226,7 @@ impl Guest {
         Self::assemble(
             store,
             instance,
-            rt.engine.clone(),
+            rt,
             Arc::from(prepared.module.as_slice()),
             tern_image::TransformId {
                 name: prepared.transform.name.clone(),
@@ -243,7 +248,7 @@ impl Guest {
         Self::assemble(
             store,
             instance,
-            rt.engine.clone(),
+            rt,
             Arc::from(wasm),
             tern_image::TransformId {
                 name: "none".into(),
@@ -339,17 +344,29 @@ impl Guest {
         if let Some(code) = self.exited {
             return Ok(Outcome::Exited(code));
         }
+        let mut resume = None;
         if let Some((blob, pending)) = self.parked.take() {
             self.store.data().control.set_pause(false);
             if let Some(flag) = self.pause_flag {
                 flag.set(&mut self.store, Val::I32(0))
                     .map_err(|e| VmError::Trap(e.to_string()))?;
             }
-            suspend::start_rewind(&mut self.store, &blob, pending)
-                .map_err(|e| VmError::Rewind(e.to_string()))?;
+            if self.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
+                // Rewound by continuation copies (tern_prepare::resume).
+                let entry = self.continuation(&blob)?;
+                let addr = suspend::open_for_copies(&mut self.store, &blob, pending)
+                    .map_err(|e| VmError::Rewind(e.to_string()))?;
+                resume = Some((entry, addr));
+            } else {
+                suspend::start_rewind(&mut self.store, &blob, pending)
+                    .map_err(|e| VmError::Rewind(e.to_string()))?;
+            }
         }
         self.store.set_epoch_deadline(1);
-        let result = self.start.call(&mut self.store, ());
+        let result = match resume {
+            Some((entry, addr)) => entry.call(&mut self.store, addr),
+            None => self.start.call(&mut self.store, ()),
+        };
         match result {
             Ok(()) => match suspend::finish_unwind(&mut self.store) {
                 Ok(Some(parked)) => {
@@ -370,6 +387,41 @@ impl Guest {
                 Err(VmError::Trap(trap_message(&e)))
             }
         }
+    }
+
+    /// Builds, compiles (through the compile cache) and instantiates the
+    /// continuation module for the saved stack `blob`, with its chain table
+    /// filled; returns its entry point.
+    fn continuation(&mut self, blob: &[u8]) -> Result<TypedFunc<i32, ()>, VmError> {
+        use tern_prepare::resume;
+        let bad = |e: String| VmError::Rewind(e);
+        let frames = resume::frames(blob).map_err(|e| bad(e.to_string()))?;
+        let cont = resume::build(&self.module, &frames).map_err(|e| bad(e.to_string()))?;
+        let digest = tern_prepare::digest(&cont.module);
+        let module = self.runtime.compile(&cont.module, &digest)?;
+        let mut imports = Vec::new();
+        for imp in module.imports() {
+            let ext = self
+                .instance
+                .get_export(&mut self.store, imp.name())
+                .ok_or_else(|| bad(format!("the guest has no export `{}`", imp.name())))?;
+            imports.push(ext);
+        }
+        let inst = Instance::new(&mut self.store, &module, &imports)
+            .map_err(|e| bad(format!("instantiating the continuation: {e}")))?;
+        let table = inst
+            .get_table(&mut self.store, resume::CHAIN_TABLE)
+            .ok_or_else(|| bad("the continuation has no chain table".into()))?;
+        for (depth, &j) in cont.chain.iter().enumerate() {
+            let f = inst
+                .get_func(&mut self.store, &resume::copy_export(j))
+                .ok_or_else(|| bad(format!("the continuation has no copy {j}")))?;
+            table
+                .set(&mut self.store, depth as u64, wasmtime::Ref::Func(Some(f)))
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        inst.get_typed_func::<i32, ()>(&mut self.store, resume::ENTRY)
+            .map_err(|e| bad(e.to_string()))
     }
 
     fn saved_globals(&mut self) -> Result<Vec<SavedGlobal>, VmError> {
@@ -519,7 +571,7 @@ impl Incoming {
         let mut guest = Guest::assemble(
             store,
             instance,
-            rt.engine.clone(),
+            rt,
             Arc::from(module),
             meta.transform.clone(),
             meta.original_digest,

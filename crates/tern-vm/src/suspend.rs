@@ -91,6 +91,9 @@ pub(crate) struct SuspendState {
     pub(crate) unwinding: Option<Scratch>,
     /// Scratch used by the rewind in progress, and the call to resume.
     pub(crate) rewinding: Option<(Scratch, PendingCall)>,
+    /// The rewind in progress is by continuation copies (`tern-unwind`):
+    /// the module's state stays normal throughout.
+    pub(crate) by_copies: bool,
 }
 
 /// Why unwinding or rewinding failed.
@@ -123,10 +126,17 @@ pub fn enter_import(caller: &mut Caller<'_, StoreData>) -> wasmtime::Result<Entr
         return Ok(Entry::Fresh);
     }
     let state = f.get_state.call(&mut *caller, ())?;
-    if state != STATE_REWINDING {
-        return Err(SuspendError::BadState(state).into());
+    if caller.data().suspend.by_copies {
+        if state != STATE_NORMAL {
+            return Err(SuspendError::BadState(state).into());
+        }
+        caller.data_mut().suspend.by_copies = false;
+    } else {
+        if state != STATE_REWINDING {
+            return Err(SuspendError::BadState(state).into());
+        }
+        f.stop_rewind.call(&mut *caller, ())?;
     }
-    f.stop_rewind.call(&mut *caller, ())?;
     let Some((scratch, pending)) = caller.data_mut().suspend.rewinding.take() else {
         return Err(SuspendError::BadBuffer.into());
     };
@@ -247,13 +257,30 @@ pub(crate) fn finish_unwind(
     Ok(Some((blob, pending)))
 }
 
-/// Prepares a rewind of `blob` into the call `pending`; the caller then calls
-/// the guest's entry point again.
-pub(crate) fn start_rewind(
+/// Prepares a rewind of `blob` into the call `pending` by continuation
+/// copies: opens the buffer and puts the frames in it, without changing the
+/// module's state. Returns the buffer's address, for the continuation's
+/// entry point.
+pub(crate) fn open_for_copies(
     mut store: impl AsContextMut<Data = StoreData>,
     blob: &[u8],
     pending: PendingCall,
-) -> wasmtime::Result<()> {
+) -> wasmtime::Result<i32> {
+    let scratch = fill_buffer(&mut store, blob)?;
+    let mut cx = store.as_context_mut();
+    let data = cx.data_mut();
+    data.suspend.rewinding = Some((scratch, pending));
+    data.suspend.by_copies = true;
+    Ok(scratch.addr as u32 as i32)
+}
+
+/// Opens scratch and writes `blob` and a header whose current pointer is
+/// at its end (frames are popped in reverse of their pushing: rewinding
+/// starts from the end of the data, with every transform).
+fn fill_buffer(
+    mut store: impl AsContextMut<Data = StoreData>,
+    blob: &[u8],
+) -> wasmtime::Result<Scratch> {
     let f = store
         .as_context()
         .data()
@@ -268,10 +295,26 @@ pub(crate) fn start_rewind(
     }
     let mem = scratch_slice(&f.memory, &mut store, scratch);
     mem[8..8 + blob.len()].copy_from_slice(blob);
-    // Frames are popped in reverse of their pushing: rewinding starts from
-    // the end of the data (both transforms).
     let end = scratch.addr + 8 + blob.len();
     write_header(mem, 0, end, end)?;
+    Ok(scratch)
+}
+
+/// Prepares a rewind of `blob` into the call `pending`; the caller then calls
+/// the guest's entry point again.
+pub(crate) fn start_rewind(
+    mut store: impl AsContextMut<Data = StoreData>,
+    blob: &[u8],
+    pending: PendingCall,
+) -> wasmtime::Result<()> {
+    let f = store
+        .as_context()
+        .data()
+        .suspend
+        .fns
+        .clone()
+        .ok_or(SuspendError::NotPrepared)?;
+    let scratch = fill_buffer(&mut store, blob)?;
     store.as_context_mut().data_mut().suspend.rewinding = Some((scratch, pending));
     f.start_rewind
         .call(&mut store, scratch.addr as u32 as i32)?;
