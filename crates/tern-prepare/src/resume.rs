@@ -2,11 +2,11 @@
 //!
 //! A module prepared by [`crate::unwind`] can only *leave*: each function on
 //! the stack saves a frame (site number, function index, size, locals) and
-//! returns. To resume, Tern builds a small second module from the frames
-//! saved in an image: for each function on the stack, a *continuation
-//! copy* that loads its frame and starts executing in the middle of the
-//! function, at the saved call site. A copy is the function's own prepared
-//! code, restructured so that it enters there:
+//! returns. To resume, Tern builds, from the frames saved in an image, one
+//! small module per distinct frame holding a *continuation copy*: the
+//! function's own prepared code, which loads its frame and starts executing
+//! in the middle, at the saved call site, restructured so that it enters
+//! there:
 //!
 //! ```text
 //! block $B            ;; for each block or if around the site: its end
@@ -26,47 +26,52 @@
 //! through a table (`chain`) the host fills in stack order; the innermost
 //! frame's site is a call to `tern.yield` or a blocking WASI import, made
 //! again with its arguments (kept in locals by the transform). Everything
-//! else a copy calls or touches is the guest's own: the continuation module
-//! imports the prepared module's exports (`tern.f<i>`, `tern.g<i>`,
-//! `tern.t<i>`, `memory`). Copies keep the unwind code, so a resumed guest
-//! can be captured again at any moment; their frames name the original
-//! function, so images never refer to copies.
+//! else a copy calls or touches is the guest's own: copies import the
+//! prepared module's exports (`tern.f<i>`, `tern.g<i>`, `tern.t<i>`,
+//! `memory`). Copies keep the unwind code, so a resumed guest can be
+//! captured again at any moment; their frames name the original function,
+//! so images never refer to copies.
 //!
 //! The prepared module thus carries no rewind code at all: normal execution
-//! pays nothing for resuming. The cost moves to restore time (building and
-//! compiling the copies of the functions on the stack), and the copies of
-//! the outermost frames run until those calls return (for a `main`
-//! loop, until the program ends) at the speed of the original code: past the
-//! entry they are the original code, with loops entered once through a
-//! block.
+//! pays nothing for resuming. The cost moves to restore time: building the
+//! copies of the functions on the stack (tens of ms) and compiling them.
+//! A copy's bytes depend only on the module and its (function, site), so
+//! the monitor caches compiled copies by digest and a guest that stops
+//! again at the same places (moving back and forth between two nodes)
+//! compiles nothing new. The copies of the outermost frames run until those
+//! calls return (for a `main` loop, until the program ends) at the speed
+//! of the original code: past the entry they are the original code, with
+//! each enclosing loop entered once through a block.
 
 use std::collections::BTreeMap;
 
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    BlockType, CodeSection, ConstExpr, Encode, EntityType, ExportKind, ExportSection,
-    FunctionSection, GlobalSection, GlobalType, ImportSection, Instruction, MemoryType, Module,
-    RefType, TableSection, TableType, TypeSection, ValType as EVal,
+    BlockType, CodeSection, Encode, EntityType, ExportKind, ExportSection, FunctionSection,
+    GlobalType, ImportSection, Instruction, MemoryType, Module, RefType, TableType, TypeSection,
+    ValType as EVal,
 };
 use wasmparser::{FuncType, FunctionBody, Operator, Parser, Payload, TypeRef, ValType};
 
 use crate::unwind::{frame_layout, load, FRAME_HEADER, FUNC_EXPORT, GLOBAL_EXPORT, TABLE_EXPORT};
 use crate::PAUSE_EXPORT;
 
-/// Module name under which the continuation module imports the guest's
-/// exports; each import's name is the export's.
+/// Module name under which a copy imports the guest's exports; each
+/// import's name is the export's.
 pub const MAIN_MODULE: &str = "tern.main";
-/// Export of the continuation module: `resume(buffer)` rewinds the stack
-/// whose frames lie in the unwind buffer at `buffer`.
-pub const ENTRY: &str = "resume";
-/// Export of the continuation module: the table the host fills, entry `d`
-/// being the copy for the frame at depth `d` (0 = outermost).
+/// Module name under which a copy imports what the host makes for one
+/// resume: the table [`CHAIN_TABLE`] (entry `d` is the copy for the frame
+/// at depth `d`, 0 the outermost) and the `i32` globals [`BUFFER_GLOBAL`]
+/// (the unwind buffer's address) and [`DEPTH_GLOBAL`] (the depth reached).
+pub const RESUME_MODULE: &str = "tern.resume";
+/// See [`RESUME_MODULE`].
 pub const CHAIN_TABLE: &str = "chain";
-
-/// The export name of copy `j` in the continuation module.
-pub fn copy_export(j: usize) -> String {
-    format!("c{j}")
-}
+/// See [`RESUME_MODULE`].
+pub const BUFFER_GLOBAL: &str = "buffer";
+/// See [`RESUME_MODULE`].
+pub const DEPTH_GLOBAL: &str = "depth";
+/// The export of a copy module: the copy, `[] -> results` of its function.
+pub const COPY_EXPORT: &str = "copy";
 
 /// One saved frame: which function, stopped at which site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,17 +149,16 @@ pub fn frames(blob: &[u8]) -> Result<Vec<StackFrame>, ResumeError> {
     Ok(out)
 }
 
-/// The continuation module for one saved stack.
+/// The continuation of one saved stack: a module per distinct frame.
 #[derive(Debug, Clone)]
 pub struct Continuation {
-    /// The module's bytes (deterministic: the same set of frames gives the
-    /// same bytes, whatever their order, so compiled code can be cached).
-    pub module: Vec<u8>,
-    /// Per frame (outermost first): the copy to put in the chain table,
-    /// exported as [`copy_export`]`(j)`.
+    /// One module per distinct (function, site), each exporting
+    /// [`COPY_EXPORT`]. A copy's bytes depend only on the prepared module
+    /// and its frame, so compiled copies can be cached and reused by
+    /// later resumes.
+    pub copies: Vec<(StackFrame, Vec<u8>)>,
+    /// Per frame (outermost first): the index in `copies` of its copy.
     pub chain: Vec<usize>,
-    /// Number of copies.
-    pub copies: usize,
 }
 
 /// What the generator needs from the prepared module.
@@ -273,10 +277,16 @@ impl Remap {
         })
     }
 
+    /// Numbers what was recorded, globals and tables after the ones a copy
+    /// imports from the host.
     fn number(&mut self) {
-        for map in [&mut self.funcs, &mut self.globals, &mut self.tables] {
+        for (map, first) in [
+            (&mut self.funcs, 0),
+            (&mut self.globals, OWN_GLOBALS),
+            (&mut self.tables, OWN_TABLES),
+        ] {
             for (n, v) in map.values_mut().enumerate() {
-                *v = n as u32;
+                *v = first + n as u32;
             }
         }
         self.mapping = true;
@@ -362,15 +372,23 @@ impl Types {
     }
 }
 
-/// Indices in the continuation module of what it defines itself.
+/// Indices in a copy module of what it imports from the host (first, so
+/// their indices are known before the guest's are numbered).
 struct Own {
     buf: u32,
     depth: u32,
     chain: u32,
 }
+const OWN: Own = Own {
+    buf: 0,
+    depth: 1,
+    chain: 0,
+};
+const OWN_GLOBALS: u32 = 2;
+const OWN_TABLES: u32 = 1;
 
-/// Builds the continuation module for `stack` (outermost frame first) of
-/// the prepared module `wasm`.
+/// Builds the continuation of `stack` (outermost frame first) of the
+/// prepared module `wasm`.
 pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeError> {
     if stack.is_empty() {
         return Err(ResumeError::Corrupt("no frames".into()));
@@ -388,49 +406,11 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
             )));
         }
     }
-    let nglobals = main.global_types.len() as u32;
-    if nglobals < 2 {
+    if main.global_types.len() < 2 {
         return Err(ResumeError::Mismatch(
             "the module was not prepared by tern-unwind".into(),
         ));
     }
-    let state = nglobals - 2;
-    let mut types = Types {
-        first: main.types.len() as u32,
-        added: Vec::new(),
-    };
-    let mut remap = Remap::default();
-    if let Some(p) = main.pause_global {
-        remap.globals.insert(p, 0);
-    }
-    // Two passes: record, then map (the own globals and table come after
-    // the imported ones).
-    let mut bodies = Vec::new();
-    let mut in_import = Vec::new();
-    for pass in 0..2 {
-        let own = Own {
-            buf: remap.globals.len() as u32,
-            depth: remap.globals.len() as u32 + 1,
-            chain: remap.tables.len() as u32,
-        };
-        if pass == 1 {
-            remap.number();
-        }
-        bodies.clear();
-        in_import.clear();
-        for fr in &distinct {
-            remap.func = fr.func;
-            let (body, import) = copy(&main, state, &own, &mut remap, &mut types, *fr)?;
-            bodies.push(body);
-            in_import.push(import);
-        }
-    }
-    let own = Own {
-        buf: remap.globals.len() as u32,
-        depth: remap.globals.len() as u32 + 1,
-        chain: remap.tables.len() as u32,
-    };
-
     // The outermost frame is the entry point's, called with no arguments.
     let outer = &main.types[main.func_types[stack[0].func as usize] as usize];
     if !outer.params().is_empty() || !outer.results().is_empty() {
@@ -438,16 +418,53 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
             "the outermost frame is not the entry point's".into(),
         ));
     }
-    let void = types.get(Vec::new(), Vec::new());
-    let entry_ty = types.get(vec![EVal::I32], Vec::new());
-    let copy_types: Vec<u32> = distinct
+    let mut copies = Vec::with_capacity(distinct.len());
+    let mut in_import = Vec::with_capacity(distinct.len());
+    for fr in &distinct {
+        let (module, import) = copy_module(&main, *fr)?;
+        copies.push((*fr, module));
+        in_import.push(import);
+    }
+    let chain: Vec<usize> = stack
         .iter()
-        .map(|fr| {
-            let ft = &main.types[main.func_types[fr.func as usize] as usize];
-            let r = types.results_of(ft)?;
-            Ok(types.get(Vec::new(), r))
-        })
-        .collect::<Result<_, ResumeError>>()?;
+        .map(|fr| distinct.binary_search(fr).expect("every frame is listed"))
+        .collect();
+    // The innermost frame is stopped in an import, every other one in a
+    // call to a module function (the next frame's).
+    for (d, &j) in chain.iter().enumerate() {
+        if in_import[j] != (d == chain.len() - 1) {
+            let fr = stack[d];
+            return Err(ResumeError::Mismatch(format!(
+                "frame {d} (function {}, site {}) is not where a frame at that depth can be",
+                fr.func, fr.site
+            )));
+        }
+    }
+    Ok(Continuation { copies, chain })
+}
+
+/// The module holding the copy for one frame, and whether its site calls
+/// an import.
+fn copy_module(main: &Main, fr: StackFrame) -> Result<(Vec<u8>, bool), ResumeError> {
+    let state = main.global_types.len() as u32 - 2;
+    let mut types = Types {
+        first: main.types.len() as u32,
+        added: Vec::new(),
+    };
+    let mut remap = Remap {
+        func: fr.func,
+        ..Remap::default()
+    };
+    if let Some(p) = main.pause_global {
+        remap.globals.insert(p, 0);
+    }
+    // Two passes: record what the copy uses, then map it.
+    copy(main, state, &OWN, &mut remap, &mut types, fr)?;
+    remap.number();
+    let (body, import) = copy(main, state, &OWN, &mut remap, &mut types, fr)?;
+    let ft = &main.types[main.func_types[fr.func as usize] as usize];
+    let results = types.results_of(ft)?;
+    let copy_ty = types.get(Vec::new(), results);
 
     let mut module = Module::new();
     let mut ts = TypeSection::new();
@@ -468,6 +485,17 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
             EntityType::Function(main.func_types[f as usize]),
         );
     }
+    let mutable_i32 = GlobalType {
+        val_type: EVal::I32,
+        mutable: true,
+        shared: false,
+    };
+    imports.import(
+        RESUME_MODULE,
+        BUFFER_GLOBAL,
+        EntityType::Global(mutable_i32),
+    );
+    imports.import(RESUME_MODULE, DEPTH_GLOBAL, EntityType::Global(mutable_i32));
     for &g in remap.globals.keys() {
         let gt = main.global_types[g as usize];
         let name = if Some(g) == main.pause_global {
@@ -485,21 +513,26 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
             }),
         );
     }
+    let any_size = |element_type| TableType {
+        element_type,
+        table64: false,
+        minimum: 0,
+        maximum: None,
+        shared: false,
+    };
+    imports.import(
+        RESUME_MODULE,
+        CHAIN_TABLE,
+        EntityType::Table(any_size(RefType::FUNCREF)),
+    );
     for &t in remap.tables.keys() {
-        let tt = main.table_types[t as usize];
         let element_type = RoundtripReencoder
-            .ref_type(tt.element_type)
+            .ref_type(main.table_types[t as usize].element_type)
             .map_err(|e| ResumeError::Read(e.to_string()))?;
         imports.import(
             MAIN_MODULE,
             &format!("{TABLE_EXPORT}{t}"),
-            EntityType::Table(TableType {
-                element_type,
-                table64: false,
-                minimum: 0,
-                maximum: None,
-                shared: false,
-            }),
+            EntityType::Table(any_size(element_type)),
         );
     }
     imports.import(
@@ -516,39 +549,13 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
     module.section(&imports);
 
     let mut fs = FunctionSection::new();
-    for &t in &copy_types {
-        fs.function(t);
-    }
-    fs.function(entry_ty);
+    fs.function(copy_ty);
     module.section(&fs);
 
-    let mut tables = TableSection::new();
-    tables.table(TableType {
-        element_type: RefType::FUNCREF,
-        table64: false,
-        minimum: stack.len() as u64,
-        maximum: Some(stack.len() as u64),
-        shared: false,
-    });
-    module.section(&tables);
-
-    let mut globals = GlobalSection::new();
-    let mutable_i32 = GlobalType {
-        val_type: EVal::I32,
-        mutable: true,
-        shared: false,
-    };
-    globals.global(mutable_i32, &ConstExpr::i32_const(0));
-    globals.global(mutable_i32, &ConstExpr::i32_const(0));
-    module.section(&globals);
-
-    let nimported = remap.funcs.len() as u32;
+    // Host functions the copy calls find the guest's memory and pause flag
+    // through the calling instance's exports.
     let mut exports = ExportSection::new();
-    for j in 0..distinct.len() {
-        exports.export(&copy_export(j), ExportKind::Func, nimported + j as u32);
-    }
-    exports.export(ENTRY, ExportKind::Func, nimported + distinct.len() as u32);
-    exports.export(CHAIN_TABLE, ExportKind::Table, own.chain);
+    exports.export(COPY_EXPORT, ExportKind::Func, remap.funcs.len() as u32);
     exports.export("memory", ExportKind::Memory, 0);
     if let Some(p) = main.pause_global {
         exports.export(PAUSE_EXPORT, ExportKind::Global, remap.globals[&p]);
@@ -556,48 +563,9 @@ pub fn build(wasm: &[u8], stack: &[StackFrame]) -> Result<Continuation, ResumeEr
     module.section(&exports);
 
     let mut code = CodeSection::new();
-    for b in &bodies {
-        code.raw(b);
-    }
-    let mut entry = Vec::new();
-    0u32.encode(&mut entry);
-    for i in [
-        Instruction::LocalGet(0),
-        Instruction::GlobalSet(own.buf),
-        Instruction::I32Const(0),
-        Instruction::GlobalSet(own.depth),
-        Instruction::I32Const(0),
-        Instruction::CallIndirect {
-            type_index: void,
-            table_index: own.chain,
-        },
-        Instruction::End,
-    ] {
-        i.encode(&mut entry);
-    }
-    code.raw(&entry);
+    code.raw(&body);
     module.section(&code);
-
-    let chain: Vec<usize> = stack
-        .iter()
-        .map(|fr| distinct.binary_search(fr).expect("every frame is listed"))
-        .collect();
-    // The innermost frame is stopped in an import, every other one in a
-    // call to a module function (the next frame's).
-    for (d, &j) in chain.iter().enumerate() {
-        if in_import[j] != (d == chain.len() - 1) {
-            let fr = stack[d];
-            return Err(ResumeError::Mismatch(format!(
-                "frame {d} (function {}, site {}) is not where a frame at that depth can be",
-                fr.func, fr.site
-            )));
-        }
-    }
-    Ok(Continuation {
-        module: module.finish(),
-        chain,
-        copies: distinct.len(),
-    })
+    Ok((module.finish(), import))
 }
 
 /// Where each construct of a function body ends (and an `if`'s `else`).

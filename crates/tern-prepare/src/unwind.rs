@@ -133,7 +133,7 @@ pub(crate) mod stats {
         }
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         eprintln!(
-            "unwind: funcs {} sites {} saved-locals {} | bytes: site {} construct {} restore {} frame {} exports {}",
+            "unwind: funcs {} sites {} saved-locals {} | bytes: site {} construct {} restore {} frame {} | exports {}",
             g(&FUNCS), g(&SITES), g(&LOCALS), g(&SITE), g(&CONSTRUCT), g(&RESTORE), g(&FRAME), g(&EXPORTS)
         );
     }

@@ -353,10 +353,13 @@ impl Guest {
             }
             if self.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
                 // Rewound by continuation copies (tern_prepare::resume).
-                let entry = self.continuation(&blob)?;
+                let (entry, buffer) = self.continuation(&blob)?;
                 let addr = suspend::open_for_copies(&mut self.store, &blob, pending)
                     .map_err(|e| VmError::Rewind(e.to_string()))?;
-                resume = Some((entry, addr));
+                buffer
+                    .set(&mut self.store, Val::I32(addr))
+                    .map_err(|e| VmError::Rewind(e.to_string()))?;
+                resume = Some(entry);
             } else {
                 suspend::start_rewind(&mut self.store, &blob, pending)
                     .map_err(|e| VmError::Rewind(e.to_string()))?;
@@ -364,7 +367,7 @@ impl Guest {
         }
         self.store.set_epoch_deadline(1);
         let result = match resume {
-            Some((entry, addr)) => entry.call(&mut self.store, addr),
+            Some(entry) => entry.call(&mut self.store, ()),
             None => self.start.call(&mut self.store, ()),
         };
         match result {
@@ -389,39 +392,98 @@ impl Guest {
         }
     }
 
-    /// Builds, compiles (through the compile cache) and instantiates the
-    /// continuation module for the saved stack `blob`, with its chain table
-    /// filled; returns its entry point.
-    fn continuation(&mut self, blob: &[u8]) -> Result<TypedFunc<i32, ()>, VmError> {
+    /// Builds, compiles (through the compile cache, in parallel) and
+    /// instantiates the continuation copies for the saved stack `blob`,
+    /// chained in stack order; returns the outermost copy and the global
+    /// that must hold the unwind buffer's address before it is called.
+    fn continuation(&mut self, blob: &[u8]) -> Result<(TypedFunc<(), ()>, Global), VmError> {
         use tern_prepare::resume;
+        use wasmtime::{GlobalType, Mutability, Ref, RefType, Table, TableType, ValType};
         let bad = |e: String| VmError::Rewind(e);
+        let t0 = Instant::now();
         let frames = resume::frames(blob).map_err(|e| bad(e.to_string()))?;
         let cont = resume::build(&self.module, &frames).map_err(|e| bad(e.to_string()))?;
-        let digest = tern_prepare::digest(&cont.module);
-        let module = self.runtime.compile(&cont.module, &digest)?;
-        let mut imports = Vec::new();
-        for imp in module.imports() {
-            let ext = self
-                .instance
-                .get_export(&mut self.store, imp.name())
-                .ok_or_else(|| bad(format!("the guest has no export `{}`", imp.name())))?;
-            imports.push(ext);
-        }
-        let inst = Instance::new(&mut self.store, &module, &imports)
-            .map_err(|e| bad(format!("instantiating the continuation: {e}")))?;
-        let table = inst
-            .get_table(&mut self.store, resume::CHAIN_TABLE)
-            .ok_or_else(|| bad("the continuation has no chain table".into()))?;
-        for (depth, &j) in cont.chain.iter().enumerate() {
+        let t1 = Instant::now();
+        let rt = &self.runtime;
+        let modules: Vec<Result<Module, VmError>> = std::thread::scope(|s| {
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let chunk = cont.copies.len().div_ceil(workers).max(1);
+            let handles: Vec<_> = cont
+                .copies
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|(_, bytes)| rt.compile(bytes, &tern_prepare::digest(bytes)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        vec![Err(VmError::Compile("compiler thread panicked".into()))]
+                    })
+                })
+                .collect()
+        });
+        let t2 = Instant::now();
+        let i32_mut = GlobalType::new(ValType::I32, Mutability::Var);
+        let buffer = Global::new(&mut self.store, i32_mut.clone(), Val::I32(0))
+            .map_err(|e| bad(e.to_string()))?;
+        let depth =
+            Global::new(&mut self.store, i32_mut, Val::I32(0)).map_err(|e| bad(e.to_string()))?;
+        let n = u32::try_from(cont.chain.len()).map_err(|_| bad("the stack is too deep".into()))?;
+        let chain = Table::new(
+            &mut self.store,
+            TableType::new(RefType::FUNCREF, n, Some(n)),
+            Ref::Func(None),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let mut copies = Vec::with_capacity(modules.len());
+        for module in modules {
+            let module = module?;
+            let mut imports = Vec::new();
+            for imp in module.imports() {
+                let ext: wasmtime::Extern = match (imp.module(), imp.name()) {
+                    (resume::RESUME_MODULE, resume::CHAIN_TABLE) => chain.into(),
+                    (resume::RESUME_MODULE, resume::BUFFER_GLOBAL) => buffer.into(),
+                    (resume::RESUME_MODULE, resume::DEPTH_GLOBAL) => depth.into(),
+                    (_, name) => self
+                        .instance
+                        .get_export(&mut self.store, name)
+                        .ok_or_else(|| bad(format!("the guest has no export `{name}`")))?,
+                };
+                imports.push(ext);
+            }
+            let inst = Instance::new(&mut self.store, &module, &imports)
+                .map_err(|e| bad(format!("instantiating a continuation copy: {e}")))?;
             let f = inst
-                .get_func(&mut self.store, &resume::copy_export(j))
-                .ok_or_else(|| bad(format!("the continuation has no copy {j}")))?;
-            table
-                .set(&mut self.store, depth as u64, wasmtime::Ref::Func(Some(f)))
+                .get_func(&mut self.store, resume::COPY_EXPORT)
+                .ok_or_else(|| bad("a continuation copy exports no function".into()))?;
+            copies.push(f);
+        }
+        for (d, &j) in cont.chain.iter().enumerate() {
+            chain
+                .set(&mut self.store, d as u64, Ref::Func(Some(copies[j])))
                 .map_err(|e| bad(e.to_string()))?;
         }
-        inst.get_typed_func::<i32, ()>(&mut self.store, resume::ENTRY)
-            .map_err(|e| bad(e.to_string()))
+        if std::env::var_os("TERN_RESUME_STATS").is_some() {
+            eprintln!(
+                "resume: {} frames, {} copies, {} bytes; built in {:.1} ms, compiled (or loaded) in {:.1} ms, linked in {:.1} ms",
+                frames.len(),
+                cont.copies.len(),
+                cont.copies.iter().map(|(_, b)| b.len()).sum::<usize>(),
+                (t1 - t0).as_secs_f64() * 1e3,
+                (t2 - t1).as_secs_f64() * 1e3,
+                t2.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        let entry = copies[cont.chain[0]]
+            .typed::<(), ()>(&self.store)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok((entry, buffer))
     }
 
     fn saved_globals(&mut self) -> Result<Vec<SavedGlobal>, VmError> {
