@@ -94,7 +94,7 @@ guests() {
   local csv=$OUT/transform_guests.csv
   echo "guest,args,original_s,tern_s,asyncify_s,tern_ratio,asyncify_ratio,original_bytes,tern_bytes,asyncify_bytes" > "$csv"
   mkdir -p "$work/data"
-  for spec in "ep|23" "recurse|" "dirtier|--mem 4 --iterations 600000" "filerw|--records 200000"; do
+  for spec in "ep|23" "recurse|" "dirtier|--mem 4 --iterations 600000" "filerw|--records 200000" "dispatch|"; do
     local name=${spec%%|*} args=${spec#*|} extra=()
     [ "$name" = filerw ] && extra=(--dir "$work/data:/data")
     local o=() t=() a=()
@@ -164,7 +164,7 @@ debug() {
   local csv=$OUT/transform_debug.csv
   echo "guest,args,plain_s,guest_debug_s,ratio" > "$csv"
   mkdir -p "$work/data"
-  for spec in "ep|23" "recurse|" "dirtier|--mem 4 --iterations 600000" "filerw|--records 200000"; do
+  for spec in "ep|23" "recurse|" "dirtier|--mem 4 --iterations 600000" "filerw|--records 200000" "dispatch|"; do
     local name=${spec%%|*} args=${spec#*|} extra=()
     [ "$name" = filerw ] && extra=(--dir "$work/data:/data")
     # shellcheck disable=SC2086

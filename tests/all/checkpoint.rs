@@ -180,6 +180,13 @@ fn recurse_checkpoint_everywhere() {
     checkpoint_everywhere(Workload::new("recurse", &[]), 20, 15);
 }
 
+/// The shape of an interpreter: 256 call sites that can unwind in one hot
+/// dispatch loop, some indirect (issue 10).
+#[test]
+fn dispatch_checkpoint_everywhere() {
+    checkpoint_everywhere(Workload::new("dispatch", &["6"]), 20, 15);
+}
+
 #[test]
 fn chains_of_checkpoints() {
     chain(Workload::new("ep", &["22"]), 5);
@@ -191,6 +198,7 @@ fn chains_of_checkpoints() {
         Workload::new("filerw", &["--records", "60000"]).with_data_dir(),
         4,
     );
+    chain(Workload::new("dispatch", &["6"]), 5);
 }
 
 /// The prepared module behaves exactly like the original one.
@@ -203,6 +211,7 @@ fn prepared_and_original_outputs_are_identical() {
         Workload::new("filerw", &["--records", "5000"]).with_data_dir(),
         Workload::new("clock", &["20", "2"]),
         Workload::new("recurse", &[]),
+        Workload::new("dispatch", &["2"]),
     ];
     for w in workloads {
         let prepared_dir = tempfile::tempdir().unwrap();
