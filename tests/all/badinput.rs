@@ -200,3 +200,40 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("soon"));
 }
+
+/// An image made by an earlier frame layout of Tern's transform (version 1
+/// rewound inside the prepared module) is refused in one line that names
+/// the transform version, before anything runs.
+#[test]
+fn image_of_an_older_transform_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    make_image(dir.path());
+    let image = tern_image::read_file(&dir.path().join("ep.tern")).unwrap();
+    assert_eq!(image.meta.transform.name, "tern-unwind");
+    let mut meta = image.meta.clone();
+    meta.transform.version = meta.transform.version.replace("unwind2", "unwind1");
+    assert_ne!(meta.transform.version, image.meta.transform.version);
+    let memory = image.memory.to_bytes().unwrap();
+    let old = dir.path().join("old.tern");
+    tern_image::write_file(
+        &old,
+        &tern_image::ImageRef {
+            meta: &meta,
+            module: &image.module,
+            memory: &memory,
+            globals: &image.globals,
+            stack: &image.stack,
+            host: &image.host,
+        },
+    )
+    .unwrap();
+    let mut c = tern();
+    c.arg("restore").arg(&old);
+    let (out, _) = run(c);
+    assert_clean_failure("restore of a tern-unwind 1 image", &out);
+    assert!(
+        stderr(&out).contains(&meta.transform.version),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -219,3 +219,111 @@ fn rejects_already_prepared() {
         .to_string();
     assert!(e.contains("already"), "{e}");
 }
+
+/// The shape that made real interpreters slow (issue 10): one hot dispatch
+/// loop with many call sites that can unwind. The prepared loop must hold
+/// nothing for rewinding: the pause state is read once per site (after the
+/// call) and nowhere else, and the only `br_table` is the program's own.
+/// Each site then costs its check and nothing on the path into it, so the
+/// growth of the function is bounded per site.
+#[test]
+fn dispatch_loop_holds_no_rewind_code() {
+    const OPS: usize = 64;
+    let mut src = String::from(
+        r#"(module (memory (export "memory") 1)
+             (global $acc (mut i32) (i32.const 1))"#,
+    );
+    for k in 0..OPS {
+        // Each handler has a loop, so it can reach a migration point.
+        src.push_str(&format!(
+            r#"(func $op{k} (param i32) (result i32) (local i32)
+                 (loop $l
+                   (local.set 0 (i32.add (i32.mul (local.get 0) (i32.const {m})) (i32.load (i32.and (local.get 0) (i32.const 1020)))))
+                   (local.set 1 (i32.add (local.get 1) (i32.const 1)))
+                   (br_if $l (i32.lt_u (local.get 1) (i32.const 3))))
+                 (local.get 0))"#,
+            m = 2 * k + 1
+        ));
+    }
+    src.push_str(r#"(func $run (param $n i32) (local $pc i32) (local $acc i32) (loop $top"#);
+    for _ in 0..OPS {
+        src.push_str("(block ");
+    }
+    src.push_str("(br_table ");
+    for k in 0..OPS {
+        src.push_str(&format!("{k} "));
+    }
+    src.push_str("0 (i32.and (i32.load8_u (local.get $pc)) (i32.const 63)))");
+    for k in 0..OPS {
+        src.push_str(&format!(
+            ") (local.set $acc (i32.add (call $op{k} (local.get $acc)) (local.get $pc))) (br 1)"
+        ));
+        if k == OPS - 1 {
+            src.push(' ');
+        }
+    }
+    // The last `br 1` above leaves the loop; count steps instead.
+    src.truncate(src.len() - "(br 1) ".len());
+    src.push_str(
+        r#"(local.set $pc (i32.add (local.get $pc) (i32.const 1)))
+           (br_if $top (i32.lt_u (local.get $pc) (local.get $n))))
+           (global.set $acc (local.get $acc)))
+           (func (export "_start") (call $run (i32.const 1000))))"#,
+    );
+    let w = wasm(&src);
+    let p = prepare(&w, &Options::default()).unwrap();
+
+    // The pause state is the second-to-last global.
+    let mut globals = 0u32;
+    let mut run = None;
+    let mut defined = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(&p.module) {
+        match payload.unwrap() {
+            wasmparser::Payload::GlobalSection(r) => globals += r.count(),
+            wasmparser::Payload::CodeSectionEntry(b) => {
+                if defined == OPS {
+                    run = Some(b);
+                }
+                defined += 1;
+            }
+            _ => {}
+        }
+    }
+    let state = globals - 2;
+    let run = run.expect("the dispatch function");
+    let (mut state_reads, mut tables, mut calls) = (0, 0, 0);
+    for op in run.get_operators_reader().unwrap() {
+        match op.unwrap() {
+            wasmparser::Operator::GlobalGet { global_index } if global_index == state => {
+                state_reads += 1
+            }
+            wasmparser::Operator::BrTable { .. } => tables += 1,
+            wasmparser::Operator::Call { .. } => calls += 1,
+            _ => {}
+        }
+    }
+    // Every handler call is a site, and so is the loop's migration point.
+    assert_eq!(state_reads, OPS + 1, "state read outside the site checks");
+    assert_eq!(tables, 1, "a rewind dispatch table was added");
+    let original = {
+        let mut defined = 0usize;
+        let mut len = 0;
+        for payload in wasmparser::Parser::new(0).parse_all(&w) {
+            if let wasmparser::Payload::CodeSectionEntry(b) = payload.unwrap() {
+                if defined == OPS {
+                    len = b.as_bytes().len();
+                }
+                defined += 1;
+            }
+        }
+        len
+    };
+    let grown = run.as_bytes().len() - original;
+    // Per site: `i32.const id; global.get; br_if; drop` is at most 10
+    // bytes; the frame save is a fixed cost of the function.
+    assert!(
+        grown <= (OPS + 1) * 10 + 120,
+        "the dispatch function grew by {grown} bytes for {} sites ({calls} calls)",
+        OPS + 1
+    );
+}
