@@ -366,6 +366,13 @@ impl Guest {
             }
         }
         self.store.set_epoch_deadline(1);
+        // A pause asked for while resuming (building the continuation takes
+        // time) ticked the epoch before this deadline was set: raise the
+        // flag now, or the request would wait for another tick.
+        if let (true, Some(flag)) = (self.store.data().pause_requested(), self.pause_flag) {
+            flag.set(&mut self.store, Val::I32(1))
+                .map_err(|e| VmError::Trap(e.to_string()))?;
+        }
         let result = match resume {
             Some(entry) => entry.call(&mut self.store, ()),
             None => self.start.call(&mut self.store, ()),
