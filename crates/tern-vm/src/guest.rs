@@ -79,6 +79,10 @@ pub struct Guest {
     /// The unwound stack and the call it left, while paused or before the
     /// first run after a restore.
     parked: Option<(Vec<u8>, PendingCall)>,
+    /// The continuation built for `parked` ahead of the run (by a restore,
+    /// so that its cost is part of the restore): its entry and the global
+    /// that takes the buffer address.
+    continuation: Option<(TypedFunc<(), ()>, Global)>,
     exited: Option<i32>,
 }
 
@@ -215,6 +219,7 @@ impl Guest {
             guest_id,
             generation: 0,
             parked: None,
+            continuation: None,
             exited: None,
         })
     }
@@ -353,7 +358,10 @@ impl Guest {
             }
             if self.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
                 // Rewound by continuation copies (tern_prepare::resume).
-                let (entry, buffer) = self.continuation(&blob)?;
+                let (entry, buffer) = match self.continuation.take() {
+                    Some(ready) => ready,
+                    None => self.continuation(&blob)?,
+                };
                 let addr = suspend::open_for_copies(&mut self.store, &blob, pending)
                     .map_err(|e| VmError::Rewind(e.to_string()))?;
                 buffer
@@ -717,6 +725,11 @@ impl Incoming {
         guest.store.data_mut().wasi = wasi;
         guest.guest_id = host.guest_id.clone();
         guest.generation = host.generation + 1;
+        if guest.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
+            // Build the continuation now: a restore that cannot resume fails
+            // here, and its cost counts as restore time (and downtime).
+            guest.continuation = Some(guest.continuation(&stack)?);
+        }
         guest.parked = Some((stack, host.pending));
         Ok(guest)
     }
