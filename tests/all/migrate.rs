@@ -179,11 +179,13 @@ fn migrate_there_and_back_precopy_then_cold() {
     assert!(r["bytes_sent"].as_u64().unwrap() > 1 << 20, "{r}");
     assert_eq!(r["base_pages"], 0, "B never had the guest: {r}");
     let there = r["bytes_sent"].as_u64().unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(300));
     let r = migrate(&b, &id, &a, "cold");
     assert_eq!(r["rounds"], 1, "{r}");
     // A kept the guest's image when it left: only the difference comes back
-    // (at 20 MB/s over ~0.6 s the guest rewrote well under half its 32 MiB).
+    // (at 20 MB/s over ~0.3 s, plus the time the commands take, the guest
+    // rewrote well under half its 32 MiB; after 0.6 s it was about half,
+    // too close to the bounds below).
     assert!(r["base_pages"].as_u64().unwrap() >= 8192, "{r}");
     assert!(r["bytes_saved"].as_u64().unwrap() > 16 << 20, "{r}");
     assert!(r["bytes_sent"].as_u64().unwrap() < there / 2, "{r}");
