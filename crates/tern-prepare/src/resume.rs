@@ -373,17 +373,11 @@ impl Types {
 }
 
 /// Indices in a copy module of what it imports from the host (first, so
-/// their indices are known before the guest's are numbered).
-struct Own {
-    buf: u32,
-    depth: u32,
-    chain: u32,
-}
-const OWN: Own = Own {
-    buf: 0,
-    depth: 1,
-    chain: 0,
-};
+/// their indices are known before the guest's are numbered): the buffer
+/// and depth globals and the chain table.
+const BUFFER: u32 = 0;
+const DEPTH: u32 = 1;
+const CHAIN: u32 = 0;
 const OWN_GLOBALS: u32 = 2;
 const OWN_TABLES: u32 = 1;
 
@@ -459,9 +453,9 @@ fn copy_module(main: &Main, fr: StackFrame) -> Result<(Vec<u8>, bool), ResumeErr
         remap.globals.insert(p, 0);
     }
     // Two passes: record what the copy uses, then map it.
-    copy(main, state, &OWN, &mut remap, &mut types, fr)?;
+    copy(main, state, &mut remap, &mut types, fr)?;
     remap.number();
-    let (body, import) = copy(main, state, &OWN, &mut remap, &mut types, fr)?;
+    let (body, import) = copy(main, state, &mut remap, &mut types, fr)?;
     let ft = &main.types[main.func_types[fr.func as usize] as usize];
     let results = types.results_of(ft)?;
     let copy_ty = types.get(Vec::new(), results);
@@ -688,7 +682,6 @@ impl Emit<'_> {
 fn copy(
     main: &Main,
     state: u32,
-    own: &Own,
     remap: &mut Remap,
     types: &mut Types,
     fr: StackFrame,
@@ -760,7 +753,7 @@ fn copy(
     }
     // Take the frame off the buffer, check it is this copy's, load it.
     use Instruction as I;
-    let buf = own.buf;
+    let buf = BUFFER;
     for i in [
         I::GlobalGet(buf),
         I::GlobalGet(buf),
@@ -841,14 +834,14 @@ fn copy(
             let r = types.results_of(&main.types[ty as usize])?;
             let ty = types.get(Vec::new(), r);
             for i in [
-                I::GlobalGet(own.depth),
+                I::GlobalGet(DEPTH),
                 I::I32Const(1),
                 I::I32Add,
-                I::GlobalSet(own.depth),
-                I::GlobalGet(own.depth),
+                I::GlobalSet(DEPTH),
+                I::GlobalGet(DEPTH),
                 I::CallIndirect {
                     type_index: ty,
-                    table_index: own.chain,
+                    table_index: CHAIN,
                 },
             ] {
                 e.put(i);

@@ -62,8 +62,7 @@ pub struct CaptureStats {
 /// A guest instance.
 pub struct Guest {
     store: Store<StoreData>,
-    engine: Engine,
-    /// For compiling continuation modules when a `tern-unwind` guest resumes.
+    /// The engine, and for compiling continuation modules when a `tern-unwind` guest resumes.
     runtime: Runtime,
     instance: Instance,
     start: TypedFunc<(), ()>,
@@ -205,7 +204,6 @@ impl Guest {
         });
         Ok(Guest {
             store,
-            engine: runtime.engine.clone(),
             runtime: runtime.clone(),
             instance,
             start,
@@ -330,7 +328,7 @@ impl Guest {
     pub fn pause_handle(&self) -> PauseHandle {
         PauseHandle {
             control: self.store.data().control.clone(),
-            engine: self.engine.clone(),
+            engine: self.runtime.engine.clone(),
         }
     }
 

@@ -274,6 +274,17 @@ pub(crate) fn open_for_copies(
     Ok(scratch.addr as u32 as i32)
 }
 
+/// The entry points of the store's prepared module.
+fn prepared_fns(store: &impl AsContextMut<Data = StoreData>) -> wasmtime::Result<AsyncifyFns> {
+    Ok(store
+        .as_context()
+        .data()
+        .suspend
+        .fns
+        .clone()
+        .ok_or(SuspendError::NotPrepared)?)
+}
+
 /// Opens scratch and writes `blob` and a header whose current pointer is
 /// at its end (frames are popped in reverse of their pushing: rewinding
 /// starts from the end of the data, with every transform).
@@ -281,13 +292,7 @@ fn fill_buffer(
     mut store: impl AsContextMut<Data = StoreData>,
     blob: &[u8],
 ) -> wasmtime::Result<Scratch> {
-    let f = store
-        .as_context()
-        .data()
-        .suspend
-        .fns
-        .clone()
-        .ok_or(SuspendError::NotPrepared)?;
+    let f = prepared_fns(&store)?;
     let scratch = open(&f.memory, &mut store)?;
     if blob.len() + 8 > scratch.len {
         close(&f.memory, &mut store, scratch)?;
@@ -307,13 +312,7 @@ pub(crate) fn start_rewind(
     blob: &[u8],
     pending: PendingCall,
 ) -> wasmtime::Result<()> {
-    let f = store
-        .as_context()
-        .data()
-        .suspend
-        .fns
-        .clone()
-        .ok_or(SuspendError::NotPrepared)?;
+    let f = prepared_fns(&store)?;
     let scratch = fill_buffer(&mut store, blob)?;
     store.as_context_mut().data_mut().suspend.rewinding = Some((scratch, pending));
     f.start_rewind
