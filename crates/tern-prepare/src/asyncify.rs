@@ -16,12 +16,14 @@ pub const TRANSFORM_NAME: &str = "binaryen-asyncify";
 /// Version of Tern's side of the transform (migration points + flags). Bump it
 /// whenever the prepared output could change for the same input.
 /// 2: entry checks only in functions that can recurse.
-pub const PASS_VERSION: u32 = 2;
+/// 3: points read the pause flag from the page past 4 GiB, not a global.
+pub const PASS_VERSION: u32 = 3;
 
-/// Pass versions whose prepared modules (and so images) this build resumes:
-/// they differ only in where migration points are, not in how the stack is
-/// unwound and rewound.
-pub const RESUMABLE_PASS_VERSIONS: &[u32] = &[1, 2];
+/// Pass versions whose prepared modules (and so images) this build resumes.
+/// Versions 1 and 2 read the pause flag from a global that only wasmtime's
+/// epoch interruption raised, which Tern no longer runs: resumed, they could
+/// never pause again.
+pub const RESUMABLE_PASS_VERSIONS: &[u32] = &[3];
 
 /// True when a module prepared as `version` (a transform version string,
 /// `tern-<pass>-...`) can be resumed by this build.

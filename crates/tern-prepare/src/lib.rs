@@ -9,7 +9,8 @@
 //!    `wasi_snapshot_preview1`), and not already prepared or asyncified;
 //! 2. **migration points** ([`points`]): at every loop header and at the
 //!    entry of every function that can recurse ([`callgraph`]) a cheap flag
-//!    check `global.get $tern_pause; if; call $tern.yield; end` is inserted, every mutable global is exported (so capture sees
+//!    check `if (load PAUSE_FLAG) call $tern.yield` is inserted (see
+//!    [`PAUSE_FLAG_INDEX`]), every mutable global is exported (so capture sees
 //!    `__stack_pointer` and the like), and the pause flag is exported as
 //!    `tern_pause`;
 //! 3. **transform** ([`Transform`]): makes the stack unwindable from
@@ -44,6 +45,20 @@ use std::path::PathBuf;
 pub const YIELD_IMPORT: (&str, &str) = ("tern", "yield");
 /// Export name of the pause flag global (an `i32`, nonzero = pause requested).
 pub const PAUSE_EXPORT: &str = "tern_pause";
+/// Where migration points read the pause flag, an `i32` that the monitor
+/// raises from any thread: `i32.load offset=PAUSE_FLAG_OFFSET
+/// (i32.const PAUSE_FLAG_INDEX)`, that is at [`PAUSE_FLAG_ADDRESS`], 64 KiB
+/// past the 4 GiB a 32-bit address reaches. Guest code cannot name that
+/// byte but through such an offset; wasmtime compiles the load without a
+/// bounds check (its 4 GiB reservation plus guard covers it), and the
+/// monitor maps that one page of the guard, read-only to the guest.
+pub const PAUSE_FLAG_INDEX: i32 = -0x1_0000;
+/// See [`PAUSE_FLAG_INDEX`].
+pub const PAUSE_FLAG_OFFSET: u32 = 0x2_0000;
+/// See [`PAUSE_FLAG_INDEX`]: 4 GiB + 64 KiB, aligned for any host page
+/// size up to 64 KiB.
+pub const PAUSE_FLAG_ADDRESS: u64 = PAUSE_FLAG_INDEX as u32 as u64 + PAUSE_FLAG_OFFSET as u64;
+const _: () = assert!(PAUSE_FLAG_ADDRESS == (1 << 32) + 0x1_0000);
 /// Prefix of the exports Tern adds for every mutable global: `tern_g<index>`.
 pub const GLOBAL_EXPORT_PREFIX: &str = "tern_g";
 /// WASI preview1 calls that may block, and so may suspend the guest.

@@ -1,5 +1,5 @@
-//! Migration points: a cheap pause-flag check at every function entry and
-//! loop header, plus the exports capture needs.
+//! Migration points: a cheap pause-flag check at every loop header and
+//! recursive function's entry, plus the exports capture needs.
 //!
 //! For a module with `F` imported functions, `G` globals and `T` types the
 //! rewrite:
@@ -7,9 +7,13 @@
 //! - appends type `T`: `(func)`,
 //! - appends the import `tern.yield` of type `T` as function `F` (every
 //!   defined function index shifts up by one),
-//! - appends global `G`: `(mut i32) = 0`, exported as `tern_pause`,
+//! - appends global `G`: `(mut i32) = 0`, exported as `tern_pause`: with
+//!   Tern's transform, how many points to pass before stopping (0 but in
+//!   tests, see `crate::unwind`),
 //! - exports every mutable global `i` as `tern_g<i>`,
-//! - inserts `global.get G; if; call F; end` right after every `loop` and at
+//! - inserts `i32.const PAUSE_FLAG_INDEX; i32.load offset=PAUSE_FLAG_OFFSET;
+//!   if; call F; end` (the pause flag, see [`crate::PAUSE_FLAG_INDEX`])
+//!   right after every `loop` and at
 //!   the entry of every function that can recurse
 //!   ([`crate::callgraph::recursive_functions`]): other functions finish, or
 //!   reach a loop or a recursive call, in time bounded by the module's size,
@@ -25,7 +29,9 @@ use wasm_encoder::{
 use wasmparser::{FunctionBody, Operator};
 
 use crate::check::ModuleInfo;
-use crate::{GLOBAL_EXPORT_PREFIX, PAUSE_EXPORT, YIELD_IMPORT};
+use crate::{
+    GLOBAL_EXPORT_PREFIX, PAUSE_EXPORT, PAUSE_FLAG_INDEX, PAUSE_FLAG_OFFSET, YIELD_IMPORT,
+};
 
 struct Points<'a> {
     info: &'a ModuleInfo,
@@ -79,7 +85,12 @@ impl Points<'_> {
     }
 
     fn check(&self, f: &mut wasm_encoder::Function) {
-        f.instruction(&Instruction::GlobalGet(self.pause_global));
+        f.instruction(&Instruction::I32Const(PAUSE_FLAG_INDEX));
+        f.instruction(&Instruction::I32Load(wasm_encoder::MemArg {
+            offset: u64::from(PAUSE_FLAG_OFFSET),
+            align: 2,
+            memory_index: 0,
+        }));
         f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
         f.instruction(&Instruction::Call(self.yield_func));
         f.instruction(&Instruction::End);

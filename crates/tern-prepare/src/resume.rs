@@ -171,6 +171,9 @@ struct Main<'a> {
     bodies: BTreeMap<u32, FunctionBody<'a>>,
     type_section: Option<wasmparser::TypeSectionReader<'a>>,
     pause_global: Option<u32>,
+    /// The `tern.yield` import, which a copy entered at a migration point
+    /// calls in the point's place.
+    yield_func: Option<u32>,
 }
 
 fn read_main<'a>(wasm: &'a [u8], wanted: &[u32]) -> Result<Main<'a>, ResumeError> {
@@ -183,6 +186,7 @@ fn read_main<'a>(wasm: &'a [u8], wanted: &[u32]) -> Result<Main<'a>, ResumeError
         bodies: BTreeMap::new(),
         type_section: None,
         pause_global: None,
+        yield_func: None,
     };
     let mut defined = 0u32;
     for payload in Parser::new(0).parse_all(wasm) {
@@ -195,8 +199,12 @@ fn read_main<'a>(wasm: &'a [u8], wanted: &[u32]) -> Result<Main<'a>, ResumeError
             }
             Payload::ImportSection(r) => {
                 for imp in r.into_imports() {
-                    match imp?.ty {
+                    let imp = imp?;
+                    match imp.ty {
                         TypeRef::Func(t) => {
+                            if (imp.module, imp.name) == crate::YIELD_IMPORT {
+                                m.yield_func = Some(m.func_types.len() as u32);
+                            }
                             m.func_types.push(t);
                             m.imported_funcs += 1;
                         }
@@ -713,15 +721,40 @@ fn copy(
     while !reader.eof() {
         ops.push(reader.read()?);
     }
-    // The site: `call; i32.const site; global.get $state; br_if; drop`.
-    let at = (1..ops.len().saturating_sub(2))
-        .find(|&i| {
-            matches!(ops[i], Operator::I32Const { value } if value as u32 == fr.site)
-                && matches!(ops[i + 1], Operator::GlobalGet { global_index } if global_index == state)
-                && matches!(ops[i + 2], Operator::BrIf { .. })
-                && matches!(ops[i - 1], Operator::Call { .. } | Operator::CallIndirect { .. })
+    // The site: `call; i32.const site; global.get $state; br_if; drop`,
+    // or a migration point, `i32.const site; global.get $skip; i32.eqz;
+    // br_if; drop; global.get $skip; i32.const 1; i32.sub; global.set
+    // $skip` (entered after it, see `crate::unwind`).
+    let is_site = |i: usize| {
+        matches!(ops[i], Operator::I32Const { value } if value as u32 == fr.site)
+            && matches!(ops[i + 1], Operator::GlobalGet { global_index } if global_index == state)
+            && matches!(ops[i + 2], Operator::BrIf { .. })
+            && matches!(
+                ops[i - 1],
+                Operator::Call { .. } | Operator::CallIndirect { .. }
+            )
+    };
+    let is_point = |i: usize| {
+        main.pause_global.is_some()
+            && main.yield_func.is_some()
+            && i + 8 < ops.len()
+            && matches!(ops[i], Operator::I32Const { value } if value as u32 == fr.site)
+            && matches!(ops[i + 1], Operator::GlobalGet { global_index } if Some(global_index) == main.pause_global)
+            && matches!(ops[i + 2], Operator::I32Eqz)
+            && matches!(ops[i + 3], Operator::BrIf { .. })
+            && matches!(ops[i + 4], Operator::Drop)
+            && matches!(ops[i + 8], Operator::GlobalSet { global_index } if Some(global_index) == main.pause_global)
+    };
+    let (at, point) = (1..ops.len().saturating_sub(2))
+        .find_map(|i| {
+            if is_site(i) {
+                Some((i - 1, false))
+            } else if is_point(i) {
+                Some((i + 8, true))
+            } else {
+                None
+            }
         })
-        .map(|i| i - 1)
         .ok_or_else(|| {
             ResumeError::Mismatch(format!("function {} has no site {}", fr.func, fr.site))
         })?;
@@ -806,8 +839,13 @@ fn copy(
         }
     }
     // The call at the site.
-    let import = matches!(ops[at], Operator::Call { function_index } if function_index < main.imported_funcs);
+    let import = point
+        || matches!(ops[at], Operator::Call { function_index } if function_index < main.imported_funcs);
     match ops[at] {
+        _ if point => {
+            let function_index = main.yield_func.expect("checked by is_point");
+            e.copy(&[Operator::Call { function_index }])?;
+        }
         Operator::Call { function_index } if function_index < main.imported_funcs => {
             // Made again, with the arguments the transform kept in locals.
             let callee = &main.types[main.func_types[function_index as usize] as usize];

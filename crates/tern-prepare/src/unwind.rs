@@ -1,4 +1,4 @@
-//! Tern's own unwind transform (`tern-unwind`, frame layout 2).
+//! Tern's own unwind transform (`tern-unwind`, frame layout 3).
 //!
 //! It gives a module the same five entry points as binaryen's Asyncify
 //! (`asyncify_start_unwind`, `_stop_unwind`, `_start_rewind`,
@@ -27,6 +27,20 @@
 //! control leaves through one block at the function's outside, which saves
 //! the frame (site number, function index, frame size, then every local
 //! grouped by type, see [`FRAME_HEADER`]) and returns.
+//!
+//! **Migration points unwind inline, without a call.** [`crate::points`]
+//! puts `if (pause flag) call $tern.yield` at loop headers and recursive
+//! functions' entries. A call there, even one never taken, makes every
+//! function with a loop a non-leaf and has Cranelift keep values in
+//! callee-saved registers across every loop (measured: flite 1.8x slower
+//! than without points). So the call becomes `i32.const id; $skip == 0;
+//! br_if $point; drop; $skip -= 1`, where `$skip` (the `tern_pause`
+//! global) counts points to pass before stopping (0 but in tests). A
+//! point that stops leaves through a block `$point` at the function's
+//! outside, which calls `tern.yield` there (the host opens the unwind
+//! buffer and starts unwinding) and falls into `$unwind`. A continuation
+//! copy entered at a point starts after the decrement and calls
+//! `tern.yield` in the point's place, as it repeats an import call.
 //!
 //! **Only locals are live across an unwind.** At each site, and before each
 //! `block`/`loop`/`if` containing one, what lies on the current operand
@@ -58,14 +72,15 @@ use wasmparser::{
     ValidatorResources,
 };
 
-use crate::{BLOCKING_WASI, WASI_MODULE, YIELD_IMPORT};
+use crate::{BLOCKING_WASI, PAUSE_EXPORT, WASI_MODULE, YIELD_IMPORT};
 
 /// Name recorded in images for this transform.
 pub const TRANSFORM_NAME: &str = "tern-unwind";
 /// Version of the frame layout and of the prepared form. Bump it whenever
 /// the prepared output or the saved frames could change for the same input.
-/// Version 1 rewound inside the prepared module; its images are refused.
-pub const VERSION: u32 = 2;
+/// Version 1 rewound inside the prepared module; version 2 called
+/// `tern.yield` at every migration point. Their images are refused.
+pub const VERSION: u32 = 3;
 
 /// Bytes before a frame's locals: site number, function index, frame size
 /// (each an `i32`, little-endian, at offsets 0, 4 and 8).
@@ -158,6 +173,10 @@ struct Scan {
     /// a helper function (a continuation copy lives in another module and
     /// cannot name the guest's segments, but can call the helper).
     segment_ops: Vec<SegmentOp>,
+    /// The `tern.yield` import and the pause flag ([`crate::points`]):
+    /// a call to it is a migration point, unwound inline (see the module docs).
+    yield_func: Option<u32>,
+    pause_global: Option<u32>,
 }
 
 /// An operator naming a data or element segment.
@@ -211,6 +230,17 @@ impl SegmentOp {
 }
 
 impl Scan {
+    /// A call to `tern.yield` (a migration point), when the module has
+    /// the pause flag that goes with it.
+    fn point_flag(&self, op: &Operator) -> Option<u32> {
+        match op {
+            Operator::Call { function_index } if Some(*function_index) == self.yield_func => {
+                self.pause_global
+            }
+            _ => None,
+        }
+    }
+
     fn is_site(&self, op: &Operator) -> bool {
         match op {
             Operator::Call { function_index } => self.can_unwind[*function_index as usize],
@@ -272,6 +302,8 @@ fn scan(wasm: &[u8]) -> Result<Scan, UnwindError> {
     let mut indirect: Vec<(u32, u32)> = Vec::new();
     let mut defined = 0u32;
     let mut segment_ops: Vec<(u32, SegmentOp)> = Vec::new();
+    let mut yield_func = None;
+    let mut pause_global = None;
     let note = |op: &Operator, taken: &mut Vec<u32>| {
         if let Operator::RefFunc { function_index } = op {
             taken.push(*function_index);
@@ -292,6 +324,9 @@ fn scan(wasm: &[u8]) -> Result<Scan, UnwindError> {
                             if is_source(imp.module, imp.name) {
                                 sources.push(func_types.len() as u32);
                             }
+                            if (imp.module, imp.name) == YIELD_IMPORT {
+                                yield_func = Some(func_types.len() as u32);
+                            }
                             func_types.push(t);
                             imported += 1;
                         }
@@ -307,6 +342,14 @@ fn scan(wasm: &[u8]) -> Result<Scan, UnwindError> {
                 }
             }
             Payload::TableSection(r) => tables += r.count(),
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e?;
+                    if e.name == PAUSE_EXPORT && e.kind == wasmparser::ExternalKind::Global {
+                        pause_global = Some(e.index);
+                    }
+                }
+            }
             Payload::GlobalSection(r) => {
                 for g in r {
                     globals += 1;
@@ -415,6 +458,8 @@ fn scan(wasm: &[u8]) -> Result<Scan, UnwindError> {
     segment_ops.dedup();
     Ok(Scan {
         segment_ops,
+        yield_func,
+        pause_global,
         types,
         canon,
         func_types,
@@ -822,14 +867,16 @@ struct Shared<'a> {
 /// construct 0), in order of appearance, whether it holds a site. A site
 /// counts only where the code is reachable (syntactically, as validation
 /// defines it): code after `br`, `br_table`, `return` or `unreachable` up
-/// to the end of its construct never runs.
-fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<bool>, UnwindError> {
+/// to the end of its construct never runs. Also: whether the function has
+/// a reachable migration point.
+fn plan(scan: &Scan, ops: OperatorsReader) -> Result<(Vec<bool>, bool), UnwindError> {
     struct Open {
         ord: usize,
         live: bool,
         dead: bool,
     }
     let mut holds = vec![false];
+    let mut points = false;
     let mut stack = vec![Open {
         ord: 0,
         live: true,
@@ -859,7 +906,10 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<bool>, UnwindError> {
                     }
                 }
             }
-            ref call if scan.is_site(call) && !top.dead && top.live => holds[top.ord] = true,
+            ref call if scan.is_site(call) && !top.dead && top.live => {
+                holds[top.ord] = true;
+                points |= scan.point_flag(call).is_some();
+            }
             Operator::Br { .. }
             | Operator::BrTable { .. }
             | Operator::Return
@@ -867,7 +917,7 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<Vec<bool>, UnwindError> {
             _ => {}
         }
     }
-    Ok(holds)
+    Ok((holds, points))
 }
 
 /// An open frame of the original code while rewriting.
@@ -1033,14 +1083,33 @@ impl Rewriter<'_> {
         let (nargs, nres) = self.sh.scan.call_arity(op);
         let at = self.out.len();
         stats::add(&stats::SITES, 1);
-        let below = self.clear_below(fv, nargs, self.sh.scan.calls_import(op))?;
-        self.out.extend_from_slice(raw);
+        let point = self.sh.scan.point_flag(op);
+        let below =
+            self.clear_below(fv, nargs, point.is_none() && self.sh.scan.calls_import(op))?;
         let id = self.next_site;
         self.next_site += 1;
-        self.put(Instruction::I32Const(id as i32));
-        self.put(Instruction::GlobalGet(self.sh.state));
-        self.put(Instruction::BrIf(self.level - 1));
-        self.put(Instruction::Drop);
+        if let Some(skip) = point {
+            // A migration point, inline: no call (see the module docs).
+            for i in [
+                Instruction::I32Const(id as i32),
+                Instruction::GlobalGet(skip),
+                Instruction::I32Eqz,
+                Instruction::BrIf(self.level - 2),
+                Instruction::Drop,
+                Instruction::GlobalGet(skip),
+                Instruction::I32Const(1),
+                Instruction::I32Sub,
+                Instruction::GlobalSet(skip),
+            ] {
+                self.put(i);
+            }
+        } else {
+            self.out.extend_from_slice(raw);
+            self.put(Instruction::I32Const(id as i32));
+            self.put(Instruction::GlobalGet(self.sh.state));
+            self.put(Instruction::BrIf(self.level - 1));
+            self.put(Instruction::Drop);
+        }
         fv.op(offset, op)?;
         if !below.is_empty() {
             let res = self.spill(fv, 0, nres)?;
@@ -1109,7 +1178,7 @@ fn instrument(
     for &t in &local_types {
         enc(t)?;
     }
-    let holds = plan(scan, body.get_operators_reader()?)?;
+    let (holds, points) = plan(scan, body.get_operators_reader()?)?;
     let base = local_types.len() as u32;
     let mut rw = Rewriter {
         sh,
@@ -1129,12 +1198,18 @@ fn instrument(
         1 => BlockType::Result(enc(results[0])?),
         _ => BlockType::FunctionType(sh.body_types[results]),
     };
-    // block $unwind (result i32) block $body ... end return end <save>
+    // block $unwind (result i32) [block $point (result i32)] block $body
+    //   ... end return [end call $tern.yield] end <save>
     rw.put(Instruction::Block(BlockType::Result(EVal::I32)));
+    rw.level = 1;
+    if points {
+        rw.put(Instruction::Block(BlockType::Result(EVal::I32)));
+        rw.level += 1;
+    }
     rw.put(Instruction::Block(body_bt));
-    rw.level = 2;
+    rw.level += 1;
     rw.frames.push(Frame {
-        level: 2,
+        level: rw.level,
         live: true,
         dead: false,
         restore: Vec::new(),
@@ -1167,9 +1242,15 @@ fn instrument(
             Operator::End => {
                 let f = rw.frames.pop().expect("inside the function");
                 if rw.frames.is_empty() {
-                    // The function's end: close $body, return; close $unwind.
+                    // The function's end: close $body, return; a point
+                    // asks the host to start unwinding; close $unwind.
                     rw.put(Instruction::End);
                     rw.put(Instruction::Return);
+                    if points {
+                        rw.put(Instruction::End);
+                        let y = scan.yield_func.expect("points call tern.yield");
+                        rw.put(Instruction::Call(y));
+                    }
                     rw.put(Instruction::End);
                     rw.level = 0;
                     fv.op(start, &op)?;

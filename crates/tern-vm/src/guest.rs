@@ -6,9 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tern_image::{Global as SavedGlobal, GlobalValue, ImageRef, ImageView, Meta, TransformId};
 use tern_prepare::{Prepared, GLOBAL_EXPORT_PREFIX, PAUSE_EXPORT};
-use wasmtime::{
-    Caller, Engine, Global, Instance, Linker, Memory, Module, Store, TypedFunc, UpdateDeadline, Val,
-};
+use wasmtime::{Caller, Global, Instance, Linker, Memory, Module, Store, TypedFunc, Val};
 
 use crate::engine::Runtime;
 use crate::host::SavedHost;
@@ -32,17 +30,14 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct PauseHandle {
     control: Arc<Control>,
-    engine: Engine,
 }
 
 impl PauseHandle {
     /// Requests the pause; the guest's [`Guest::run`] then returns
-    /// [`Outcome::Paused`] (or the guest exits first).
+    /// [`Outcome::Paused`] (or the guest exits first). This raises the
+    /// flag its migration points read (see `crate::memory::PauseFlag`).
     pub fn request(&self) {
         self.control.set_pause(true);
-        // Every running guest on this engine checks its deadline at the next
-        // function entry or loop header; ours then raises its pause flag.
-        self.engine.increment_epoch();
     }
 }
 
@@ -67,7 +62,9 @@ pub struct Guest {
     instance: Instance,
     start: TypedFunc<(), ()>,
     memory: Memory,
-    pause_flag: Option<Global>,
+    /// The `tern_pause` global: with inline points (`tern-unwind`), how
+    /// many points to pass before stopping.
+    skip: Option<Global>,
     globals: Vec<(String, Global)>,
     module: Arc<[u8]>,
     transform: TransformId,
@@ -94,17 +91,18 @@ pub(crate) fn add_yield_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::R
             match suspend::enter_import(&mut caller)? {
                 Entry::Rewound(_) => Ok(()),
                 Entry::Fresh => {
-                    if caller.data().pause_requested() && caller.data().skip_points > 0 {
+                    if caller.data().inline_points {
+                        // The point found the flag raised and no points
+                        // left to pass: it is unwinding already.
+                        suspend::suspend(&mut caller, PendingCall::Yield)
+                    } else if caller.data().pause_requested() && caller.data().skip_points > 0 {
                         // Pass this point; the flag stays raised.
                         caller.data_mut().skip_points -= 1;
                         Ok(())
                     } else if caller.data().pause_requested() {
                         suspend::suspend(&mut caller, PendingCall::Yield)
                     } else {
-                        // Raised for a pause that was withdrawn: lower it.
-                        if let Some(wasmtime::Extern::Global(g)) = caller.get_export(PAUSE_EXPORT) {
-                            g.set(&mut caller, Val::I32(0))?;
-                        }
+                        // Raised for a pause served meanwhile: go on.
                         Ok(())
                     }
                 }
@@ -144,9 +142,6 @@ impl Guest {
         wasi: WasiCtx,
     ) -> Result<(Store<StoreData>, Instance), VmError> {
         let mut store = Store::new(&rt.engine, StoreData::new(wasi));
-        // A start function may run during instantiation: never interrupt it.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Continue(1)));
         let instance = rt
             .linker
             .instantiate(&mut store, module)
@@ -168,8 +163,8 @@ impl Guest {
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| VmError::NotPrepared("no exported memory".into()))?;
-        let pause_flag = instance.get_global(&mut store, PAUSE_EXPORT);
-        let fns = match pause_flag {
+        let skip = instance.get_global(&mut store, PAUSE_EXPORT);
+        let fns = match skip {
             Some(_) => Some(AsyncifyFns {
                 memory,
                 start_unwind: export_func(&instance, &mut store, "asyncify_start_unwind")?,
@@ -195,20 +190,21 @@ impl Guest {
         }
         globals.sort_by(|a, b| a.0.cmp(&b.0));
         store.data_mut().suspend.fns = fns;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut cx| {
-            if let (true, Some(flag)) = (cx.data().pause_requested(), pause_flag) {
-                flag.set(&mut cx, Val::I32(1))?;
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
+        store.data_mut().inline_points = transform.name == tern_prepare::unwind::TRANSFORM_NAME;
+        if let Some(flag) = crate::memory::pause_flag(memory.data_ptr(&store)) {
+            store.data().control.attach_flag(flag);
+        } else if skip.is_some() {
+            return Err(VmError::NotPrepared(
+                "the guest's memory has no pause flag page (not Tern's 4 GiB reservation)".into(),
+            ));
+        }
         Ok(Guest {
             store,
             runtime: runtime.clone(),
             instance,
             start,
             memory,
-            pause_flag,
+            skip,
             globals,
             module,
             transform,
@@ -311,24 +307,38 @@ impl Guest {
     /// Requests a pause at the migration point `n` points from now (0: the
     /// next one), counting only points the guest really reaches, so that
     /// the moment is the same in every run: for tests that capture a guest
-    /// at chosen places. The guest calls into the host at every point until
-    /// then, so it runs slower meanwhile.
+    /// at chosen places. Until then every point the guest reaches takes
+    /// its slow path, so it runs slower meanwhile.
     pub fn pause_after_points(&mut self, n: u64) -> Result<(), VmError> {
-        let flag = self
-            .pause_flag
-            .ok_or_else(|| VmError::NotPrepared("the guest cannot pause".into()))?;
-        self.store.data().control.set_pause(true);
+        if self.skip.is_none() {
+            return Err(VmError::NotPrepared("the guest cannot pause".into()));
+        }
         self.store.data_mut().skip_points = n;
-        flag.set(&mut self.store, Val::I32(1))
-            .map_err(|e| VmError::NotPrepared(e.to_string()))?;
-        Ok(())
+        self.store.data().control.set_pause(true);
+        self.set_skip()
+    }
+
+    /// Sets what inline points count down (see [`StoreData::skip_points`]):
+    /// the points to pass before a requested pause. With Asyncify the host
+    /// counts them in `tern.yield`.
+    fn set_skip(&mut self) -> Result<(), VmError> {
+        let Some(g) = self.skip else {
+            return Ok(());
+        };
+        let data = self.store.data();
+        let n = if data.inline_points {
+            i32::try_from(data.skip_points).unwrap_or(i32::MAX)
+        } else {
+            0
+        };
+        g.set(&mut self.store, Val::I32(n))
+            .map_err(|e| VmError::Trap(e.to_string()))
     }
 
     /// A handle to request a pause from another thread.
     pub fn pause_handle(&self) -> PauseHandle {
         PauseHandle {
             control: self.store.data().control.clone(),
-            engine: self.runtime.engine.clone(),
         }
     }
 
@@ -349,11 +359,6 @@ impl Guest {
         }
         let mut resume = None;
         if let Some((blob, pending)) = self.parked.take() {
-            self.store.data().control.set_pause(false);
-            if let Some(flag) = self.pause_flag {
-                flag.set(&mut self.store, Val::I32(0))
-                    .map_err(|e| VmError::Trap(e.to_string()))?;
-            }
             if self.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
                 // Rewound by continuation copies (tern_prepare::resume).
                 let (entry, buffer) = match self.continuation.take() {
@@ -371,14 +376,7 @@ impl Guest {
                     .map_err(|e| VmError::Rewind(e.to_string()))?;
             }
         }
-        self.store.set_epoch_deadline(1);
-        // A pause asked for while resuming (building the continuation takes
-        // time) ticked the epoch before this deadline was set: raise the
-        // flag now, or the request would wait for another tick.
-        if let (true, Some(flag)) = (self.store.data().pause_requested(), self.pause_flag) {
-            flag.set(&mut self.store, Val::I32(1))
-                .map_err(|e| VmError::Trap(e.to_string()))?;
-        }
+        self.set_skip()?;
         let result = match resume {
             Some(entry) => entry.call(&mut self.store, ()),
             None => self.start.call(&mut self.store, ()),
@@ -386,6 +384,10 @@ impl Guest {
         match result {
             Ok(()) => match suspend::finish_unwind(&mut self.store) {
                 Ok(Some(parked)) => {
+                    // The request is served; one made while paused (before
+                    // running again) stays for the next run.
+                    self.store.data().control.set_pause(false);
+                    self.store.data_mut().skip_points = 0;
                     self.parked = Some(parked);
                     Ok(Outcome::Paused)
                 }

@@ -14,6 +14,11 @@
 //! `memory.size` exactly when Tern has made them accessible, and the guest
 //! never sees them in its own memory.
 //!
+//! One page of the guard past 4 GiB holds the guest's *pause flag*
+//! ([`PauseFlag`], at `tern_prepare::PAUSE_FLAG_ADDRESS`): prepared code
+//! reads it at every migration point, and any thread can raise it. It is
+//! read-only to the guest.
+//!
 //! This is one of Tern's few `unsafe` modules: every block says why it holds.
 
 use std::collections::BTreeMap;
@@ -38,6 +43,8 @@ struct Region {
     mapped: usize,
     /// Guest-visible bytes (grows only).
     size: AtomicUsize,
+    /// Serializes writers of the pause flag page (see [`PauseFlag::set`]).
+    flag: Mutex<()>,
 }
 
 // SAFETY: a Region is an address range and counters; the memory behind it is
@@ -105,7 +112,20 @@ impl GuestMapping {
             base: base.cast(),
             mapped,
             size: AtomicUsize::new(0),
+            flag: Mutex::new(()),
         });
+        if let Some(at) = flag_page(mapped) {
+            // SAFETY: the flag page lies inside the reservation just made
+            // (flag_page checked it), in the guard, where nothing points.
+            unsafe {
+                mm::mprotect(
+                    region.base.add(at).cast::<c_void>(),
+                    rustix::param::page_size(),
+                    MprotectFlags::READ,
+                )
+            }
+            .map_err(|e| format!("mapping the pause flag failed: {e}"))?;
+        }
         MAPPINGS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -277,6 +297,61 @@ fn check_scratch(base: *const u8, size: usize, len: usize) -> std::io::Result<()
         )));
     }
     Ok(())
+}
+
+/// Offset of the pause flag page in a mapping of `mapped` bytes, if the
+/// mapping reaches past it (it does with wasmtime's 4 GiB reservation and
+/// its guard; see `crate::engine`).
+fn flag_page(mapped: usize) -> Option<usize> {
+    let at = usize::try_from(tern_prepare::PAUSE_FLAG_ADDRESS).ok()?;
+    let page = rustix::param::page_size();
+    (at.is_multiple_of(page) && at.checked_add(page)? <= mapped).then_some(at)
+}
+
+/// The pause flag of one guest memory: an `i32` past 4 GiB that the
+/// migration points of prepared code read (see
+/// `tern_prepare::PAUSE_FLAG_INDEX`). `Send + Sync`: any thread may raise
+/// it while the guest runs. Keeps the mapping alive.
+#[derive(Debug, Clone)]
+pub struct PauseFlag {
+    region: Arc<Region>,
+    at: usize,
+}
+
+impl PauseFlag {
+    /// Raises (1) or lowers (0) the flag. The page stays readable all
+    /// along; it is writable only while this holds the region's lock.
+    pub fn set(&self, on: bool) -> std::io::Result<()> {
+        let _g = self.region.flag.lock().unwrap_or_else(|e| e.into_inner());
+        let page = rustix::param::page_size();
+        // SAFETY: [at, at + page) is the flag page inside the reservation
+        // (checked by `flag_page`), past anything the guest can grow into;
+        // no Rust reference points into it. Adding write access while the
+        // guest may read it changes nothing for the guest, and the lock
+        // keeps another writer from removing it under us.
+        unsafe {
+            let p = self.region.base.add(self.at);
+            mm::mprotect(
+                p.cast::<c_void>(),
+                page,
+                MprotectFlags::READ | MprotectFlags::WRITE,
+            )?;
+            // The guest reads this word with plain loads at any moment; an
+            // aligned atomic store is what it sees whole, old or new.
+            std::sync::atomic::AtomicI32::from_ptr(p.cast::<i32>())
+                .store(i32::from(on), Ordering::SeqCst);
+            mm::mprotect(p.cast::<c_void>(), page, MprotectFlags::READ)?;
+        }
+        Ok(())
+    }
+}
+
+/// The pause flag of the Tern mapping whose base is `base`, if it is one
+/// and reaches the flag page.
+pub(crate) fn pause_flag(base: *const u8) -> Option<PauseFlag> {
+    let region = region_at(base as usize)?;
+    let at = flag_page(region.mapped)?;
+    Some(PauseFlag { region, at })
 }
 
 /// A shared, read-only view of a guest's memory that another thread can use

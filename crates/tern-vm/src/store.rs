@@ -1,9 +1,10 @@
 //! The data every guest's wasmtime `Store` carries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::memory::PauseFlag;
 use crate::suspend::SuspendState;
 use crate::wasi::WasiCtx;
 
@@ -12,6 +13,9 @@ use crate::wasi::WasiCtx;
 #[derive(Debug, Default)]
 pub struct Control {
     pause: AtomicBool,
+    /// The flag prepared code reads at its migration points, once the
+    /// guest's memory exists.
+    flag: OnceLock<PauseFlag>,
     /// Wakes a guest sleeping in a blocking WASI call when a pause comes.
     wake: Condvar,
     lock: Mutex<()>,
@@ -28,8 +32,28 @@ impl Control {
     pub fn set_pause(&self, on: bool) {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.pause.store(on, Ordering::Release);
+        self.write_flag(on);
         if on {
             self.wake.notify_all();
+        }
+    }
+
+    /// Connects the guest's pause flag, raised now if a pause is pending.
+    pub(crate) fn attach_flag(&self, flag: PauseFlag) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.flag.set(flag).is_ok() {
+            self.write_flag(self.pause_requested());
+        }
+    }
+
+    fn write_flag(&self, on: bool) {
+        if let Some(flag) = self.flag.get() {
+            // mprotect of one page of the guest's own reservation fails only
+            // when the kernel is out of memory for mappings; the guest then
+            // runs on and the pause comes at its next blocking call or exit.
+            if let Err(e) = flag.set(on) {
+                eprintln!("tern: raising a guest's pause flag failed: {e}");
+            }
         }
     }
 
@@ -62,6 +86,10 @@ pub struct StoreData {
     /// Migration points still to pass before a requested pause is taken
     /// ([`crate::Guest::pause_after_points`]).
     pub(crate) skip_points: u64,
+    /// The module's migration points decide by themselves, from the pause
+    /// flag, whether to stop (`tern-unwind`): a point that calls
+    /// `tern.yield` has already decided, and the host starts unwinding.
+    pub(crate) inline_points: bool,
 }
 
 impl StoreData {
@@ -72,6 +100,7 @@ impl StoreData {
             control: Arc::new(Control::default()),
             suspend: SuspendState::default(),
             skip_points: 0,
+            inline_points: false,
         }
     }
 
