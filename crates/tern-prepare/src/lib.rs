@@ -33,6 +33,7 @@ pub mod asyncify;
 mod cache;
 pub mod callgraph;
 pub mod check;
+pub mod liveness;
 pub mod points;
 pub mod resume;
 pub mod unwind;

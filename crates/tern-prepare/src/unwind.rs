@@ -72,6 +72,7 @@ use wasmparser::{
     ValidatorResources,
 };
 
+use crate::liveness::Locals;
 use crate::{BLOCKING_WASI, PAUSE_EXPORT, WASI_MODULE, YIELD_IMPORT};
 
 /// Name recorded in images for this transform.
@@ -139,6 +140,7 @@ pub(crate) mod stats {
     pub static SITES: AtomicU64 = AtomicU64::new(0);
     pub static FUNCS: AtomicU64 = AtomicU64::new(0);
     pub static LOCALS: AtomicU64 = AtomicU64::new(0);
+    pub static PATHS: AtomicU64 = AtomicU64::new(0);
     pub fn add(c: &AtomicU64, n: usize) {
         c.fetch_add(n as u64, Ordering::Relaxed);
     }
@@ -148,8 +150,8 @@ pub(crate) mod stats {
         }
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         eprintln!(
-            "unwind: funcs {} sites {} saved-locals {} | bytes: site {} construct {} restore {} frame {} | exports {}",
-            g(&FUNCS), g(&SITES), g(&LOCALS), g(&SITE), g(&CONSTRUCT), g(&RESTORE), g(&FRAME), g(&EXPORTS)
+            "unwind: funcs {} sites {} exit-paths {} frame-locals {} | bytes: site {} construct {} restore {} frame {} | exports {}",
+            g(&FUNCS), g(&SITES), g(&PATHS), g(&LOCALS), g(&SITE), g(&CONSTRUCT), g(&RESTORE), g(&FRAME), g(&EXPORTS)
         );
     }
 }
@@ -867,23 +869,20 @@ struct Shared<'a> {
 /// construct 0), in order of appearance, whether it holds a site. A site
 /// counts only where the code is reachable (syntactically, as validation
 /// defines it): code after `br`, `br_table`, `return` or `unreachable` up
-/// to the end of its construct never runs. Also: whether the function has
-/// a reachable migration point.
-fn plan(scan: &Scan, ops: OperatorsReader) -> Result<(Vec<bool>, bool), UnwindError> {
+/// to the end of its construct never runs.
+fn plan(scan: &Scan, ops: &[Operator]) -> Result<Vec<bool>, UnwindError> {
     struct Open {
         ord: usize,
         live: bool,
         dead: bool,
     }
     let mut holds = vec![false];
-    let mut points = false;
     let mut stack = vec![Open {
         ord: 0,
         live: true,
         dead: false,
     }];
     for op in ops {
-        let op = op?;
         let Some(top) = stack.last_mut() else {
             return Err(UnwindError::Read("code after the function's end".into()));
         };
@@ -906,10 +905,7 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<(Vec<bool>, bool), UnwindEr
                     }
                 }
             }
-            ref call if scan.is_site(call) && !top.dead && top.live => {
-                holds[top.ord] = true;
-                points |= scan.point_flag(call).is_some();
-            }
+            call if scan.is_site(call) && !top.dead && top.live => holds[top.ord] = true,
             Operator::Br { .. }
             | Operator::BrTable { .. }
             | Operator::Return
@@ -917,7 +913,7 @@ fn plan(scan: &Scan, ops: OperatorsReader) -> Result<(Vec<bool>, bool), UnwindEr
             _ => {}
         }
     }
-    Ok((holds, points))
+    Ok(holds)
 }
 
 /// An open frame of the original code while rewriting.
@@ -944,6 +940,36 @@ struct Rewriter<'a> {
     next_local: u32,
     temps: Vec<ValType>,
     free: HashMap<ValType, Vec<u32>>,
+    /// Temporaries in use (holding values across a site or construct).
+    held: Locals,
+    /// Index in the original body of the instruction being rewritten.
+    op_index: usize,
+    /// The original locals live after each site's call, by its index.
+    live: HashMap<usize, Locals>,
+    /// Loops open around the instruction being rewritten.
+    loops: u32,
+    /// Every site written, for choosing and patching its exit path.
+    sites: Vec<SiteExit>,
+}
+
+/// A site's branch to the block that saves its frame: where its depth is
+/// (a 5-byte placeholder, replaced once the paths are known), its label level
+/// inside `$body`, and what it must save.
+struct SiteExit {
+    depth_at: usize,
+    level: u32,
+    key: PathKey,
+    weight: u64,
+}
+
+/// What an exit path does: a migration point's first calls `tern.yield`;
+/// each saves its set of locals.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct PathKey {
+    point: bool,
+    saved: Locals,
+    /// The path shared by the sites that get no path of their own.
+    shared: bool,
 }
 
 impl Rewriter<'_> {
@@ -958,17 +984,20 @@ impl Rewriter<'_> {
     fn alloc(&mut self, t: ValType) -> Result<u32, UnwindError> {
         enc(t)?;
         if let Some(l) = self.free.get_mut(&t).and_then(|v| v.pop()) {
+            self.held.insert(l);
             return Ok(l);
         }
         let l = self.next_local;
         self.next_local += 1;
         self.temps.push(t);
+        self.held.insert(l);
         Ok(l)
     }
 
     fn release(&mut self, temps: &[(ValType, u32)]) {
         for &(t, l) in temps {
             self.free.entry(t).or_default().push(l);
+            self.held.remove(l);
         }
     }
 
@@ -1011,22 +1040,24 @@ impl Rewriter<'_> {
     /// Moves what lies below the top `takes` values of the current frame
     /// to locals (returned), keeping the top `takes` values on the stack;
     /// with `keep_args`, those go through locals too (pushed back with
-    /// `local.get`s just before the call that takes them).
+    /// `local.get`s just before the call that takes them; they are
+    /// returned second, free again but to be saved by the call's site).
+    #[allow(clippy::type_complexity)]
     fn clear_below(
         &mut self,
         fv: &FuncValidator<ValidatorResources>,
         takes: usize,
         keep_args: bool,
-    ) -> Result<Vec<(ValType, u32)>, UnwindError> {
+    ) -> Result<(Vec<(ValType, u32)>, Vec<(ValType, u32)>), UnwindError> {
         let k = Self::frame_values(fv)?;
         if k == takes && !(keep_args && takes > 0) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let taken = self.spill(fv, 0, takes)?;
         let below = self.spill(fv, takes, k - takes)?;
         self.push(&taken);
         self.release(&taken);
-        Ok(below)
+        Ok((below, taken))
     }
 
     fn branch_depth(&self, relative: u32) -> Result<u32, UnwindError> {
@@ -1055,7 +1086,7 @@ impl Rewriter<'_> {
         let is_if = matches!(op, Operator::If { .. });
         let at = self.out.len();
         let restore = if path {
-            self.clear_below(fv, np + usize::from(is_if), false)?
+            self.clear_below(fv, np + usize::from(is_if), false)?.0
         } else {
             Vec::new()
         };
@@ -1084,18 +1115,42 @@ impl Rewriter<'_> {
         let at = self.out.len();
         stats::add(&stats::SITES, 1);
         let point = self.sh.scan.point_flag(op);
-        let below =
-            self.clear_below(fv, nargs, point.is_none() && self.sh.scan.calls_import(op))?;
+        let keep_args = point.is_none() && self.sh.scan.calls_import(op);
+        let (below, args) = self.clear_below(fv, nargs, keep_args)?;
+        // What the frame must hold: the locals the rest of the function
+        // reads, the temporaries in use (values below the call, and
+        // around enclosing constructs), and an import call's arguments.
+        let mut saved = self
+            .live
+            .get(&self.op_index)
+            .cloned()
+            .ok_or_else(|| UnwindError::Read("a site without liveness".into()))?;
+        for l in self.held.iter() {
+            saved.insert(l);
+        }
+        for &(_, l) in &args {
+            saved.insert(l);
+        }
         let id = self.next_site;
         self.next_site += 1;
         if let Some(skip) = point {
             // A migration point, inline: no call (see the module docs).
+            self.put(Instruction::I32Const(id as i32));
+            self.put(Instruction::GlobalGet(skip));
+            self.put(Instruction::I32Eqz);
+        } else {
+            self.out.extend_from_slice(raw);
+            self.put(Instruction::I32Const(id as i32));
+            self.put(Instruction::GlobalGet(self.sh.state));
+        }
+        // br_if to the site's exit path, its depth patched later.
+        self.put(Instruction::BrIf(0));
+        self.out.pop();
+        let depth_at = self.out.len();
+        self.out.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x00]);
+        self.put(Instruction::Drop);
+        if let Some(skip) = point {
             for i in [
-                Instruction::I32Const(id as i32),
-                Instruction::GlobalGet(skip),
-                Instruction::I32Eqz,
-                Instruction::BrIf(self.level - 2),
-                Instruction::Drop,
                 Instruction::GlobalGet(skip),
                 Instruction::I32Const(1),
                 Instruction::I32Sub,
@@ -1103,13 +1158,17 @@ impl Rewriter<'_> {
             ] {
                 self.put(i);
             }
-        } else {
-            self.out.extend_from_slice(raw);
-            self.put(Instruction::I32Const(id as i32));
-            self.put(Instruction::GlobalGet(self.sh.state));
-            self.put(Instruction::BrIf(self.level - 1));
-            self.put(Instruction::Drop);
         }
+        self.sites.push(SiteExit {
+            depth_at,
+            level: self.level,
+            key: PathKey {
+                point: point.is_some(),
+                saved: saved.trimmed(),
+                shared: false,
+            },
+            weight: 1u64 << (4 * self.loops.min(15)),
+        });
         fv.op(offset, op)?;
         if !below.is_empty() {
             let res = self.spill(fv, 0, nres)?;
@@ -1123,36 +1182,98 @@ impl Rewriter<'_> {
     }
 }
 
-/// Save code for the locals `saved` (local, type), laid out as
-/// [`frame_layout`] says, at the frame address in local `ptr`.
-fn frame_save(out: &mut Vec<u8>, rt: &Runtime, saved: &[(u32, ValType)], ptr: u32) {
+/// Save code for the locals `saved` (local, type, offset in the frame,
+/// in increasing offsets), at the frame address in local `ptr`: runs of
+/// adjacent locals of one type go through a save helper, eight at most.
+fn frame_save(out: &mut Vec<u8>, rt: &Runtime, saved: &[(u32, ValType, u32)], ptr: u32) {
     use Instruction as I;
-    let types: Vec<ValType> = saved.iter().map(|&(_, t)| t).collect();
-    let (offsets, _) = frame_layout(&types);
-    for t in FRAME_TYPES {
-        let locals: Vec<(u32, u32)> = saved
-            .iter()
-            .zip(&offsets)
-            .filter(|((_, lt), _)| *lt == t)
-            .map(|((l, _), &off)| (*l, off))
-            .collect();
-        for chunk in locals.chunks(CHUNK) {
-            let off = chunk[0].1;
-            if chunk.len() == 1 {
-                put(out, I::LocalGet(ptr));
-                put(out, I::LocalGet(chunk[0].0));
-                put(out, store(t, off));
-                continue;
-            }
+    let mut i = 0;
+    while i < saved.len() {
+        let (_, t, off) = saved[i];
+        let mut j = i + 1;
+        while j < saved.len()
+            && j - i < CHUNK
+            && saved[j].1 == t
+            && saved[j].2 == saved[j - 1].2 + size_of(t)
+        {
+            j += 1;
+        }
+        if j - i == 1 {
+            put(out, I::LocalGet(ptr));
+            put(out, I::LocalGet(saved[i].0));
+            put(out, store(t, off));
+        } else {
             put(out, I::LocalGet(ptr));
             put(out, I::I32Const(off as i32));
             put(out, I::I32Add);
-            for &(l, _) in chunk {
+            for &(l, _, _) in &saved[i..j] {
                 put(out, I::LocalGet(l));
             }
-            put(out, I::Call(rt.helper(t, chunk.len())));
+            put(out, I::Call(rt.helper(t, j - i)));
+        }
+        i = j;
+    }
+}
+
+/// Most exit paths a function gets (see [`exit_paths`]).
+const MAX_PATHS: usize = 8;
+
+/// Chooses the exit paths of a function's sites. Every site could save
+/// the union of what all its function's sites save, in one shared path
+/// per kind (points, calls); a set of locals gets a path of its own when
+/// some of its sites are in loops and it saves less than that union (by
+/// two locals at least), heaviest first (sites in the deepest loops), at
+/// most
+/// [`MAX_PATHS`] in all: a path costs code, and what matters is to keep
+/// dead locals out of hot loops. Returns the paths and, per site, its path.
+fn exit_paths(sites: &[SiteExit]) -> (Vec<PathKey>, Vec<usize>) {
+    let mut weight: HashMap<&PathKey, u64> = HashMap::new();
+    for s in sites {
+        *weight.entry(&s.key).or_default() += s.weight;
+    }
+    let mut keys: Vec<(&PathKey, u64)> = weight.into_iter().collect();
+    keys.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut union = Locals::new(0);
+    for (k, _) in &keys {
+        for l in k.saved.iter() {
+            union.insert(l);
         }
     }
+    let all = union.len();
+    let kinds = 1 + usize::from(keys.iter().any(|k| k.0.point) && keys.iter().any(|k| !k.0.point));
+    let mut paths: Vec<PathKey> = Vec::new();
+    let mut index: HashMap<&PathKey, usize> = HashMap::new();
+    let mut shared: Vec<&PathKey> = Vec::new();
+    for &(k, w) in &keys {
+        let gain = all - k.saved.len();
+        let in_loop = w >= 16;
+        if in_loop && paths.len() + kinds < MAX_PATHS && gain >= 2 {
+            index.insert(k, paths.len());
+            paths.push((*k).clone());
+        } else {
+            shared.push(k);
+        }
+    }
+    // The shared paths, innermost: the calls' and then the points', which
+    // calls `tern.yield` and falls into the calls' (see `instrument`).
+    let own = paths.len();
+    for point in [false, true] {
+        if shared.iter().any(|k| k.point == point) {
+            paths.push(PathKey {
+                point,
+                saved: union.clone(),
+                shared: true,
+            });
+        }
+    }
+    for k in shared {
+        let at = (own..paths.len())
+            .find(|&p| paths[p].point == k.point)
+            .expect("a shared path of each kind used");
+        index.insert(k, at);
+    }
+    let of_site = sites.iter().map(|s| index[&s.key]).collect();
+    (paths, of_site)
 }
 
 /// Rewrites one function that can unwind. Returns the body (locals and
@@ -1178,7 +1299,22 @@ fn instrument(
     for &t in &local_types {
         enc(t)?;
     }
-    let (holds, points) = plan(scan, body.get_operators_reader()?)?;
+    let mut all_ops = Vec::new();
+    let mut reader = body.get_operators_reader()?;
+    while !reader.eof() {
+        all_ops.push(reader.read()?);
+    }
+    let holds = plan(scan, &all_ops)?;
+    // What is live after each site's call.
+    let site_at: Vec<usize> = all_ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| scan.is_site(op))
+        .map(|(i, _)| i)
+        .collect();
+    let live = crate::liveness::live_after(&all_ops, local_types.len(), &site_at)
+        .map_err(UnwindError::Read)?;
+    drop(all_ops);
     let base = local_types.len() as u32;
     let mut rw = Rewriter {
         sh,
@@ -1191,6 +1327,11 @@ fn instrument(
         next_local: base,
         temps: Vec::new(),
         free: HashMap::new(),
+        held: Locals::new(0),
+        op_index: 0,
+        live: site_at.into_iter().zip(live).collect(),
+        loops: 0,
+        sites: Vec::new(),
     };
     let results = ty.results();
     let body_bt = match results.len() {
@@ -1198,16 +1339,10 @@ fn instrument(
         1 => BlockType::Result(enc(results[0])?),
         _ => BlockType::FunctionType(sh.body_types[results]),
     };
-    // block $unwind (result i32) [block $point (result i32)] block $body
-    //   ... end return [end call $tern.yield] end <save>
-    rw.put(Instruction::Block(BlockType::Result(EVal::I32)));
-    rw.level = 1;
-    if points {
-        rw.put(Instruction::Block(BlockType::Result(EVal::I32)));
-        rw.level += 1;
-    }
+    // The body goes into `block $body`, at level 1 here; the exit paths'
+    // blocks are put around it at the end, once they are known.
     rw.put(Instruction::Block(body_bt));
-    rw.level += 1;
+    rw.level = 1;
     rw.frames.push(Frame {
         level: rw.level,
         live: true,
@@ -1218,6 +1353,7 @@ fn instrument(
 
     let mut ops = OperatorsReader::new(locals.get_binary_reader());
     let mut finished = false;
+    let mut loop_frames: Vec<bool> = vec![false];
     while !ops.eof() {
         let start = ops.original_position();
         let op = ops.read()?;
@@ -1225,6 +1361,9 @@ fn instrument(
         match op {
             Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
                 rw.construct(fv, &op, raw, start, blockty)?;
+                let is_loop = matches!(op, Operator::Loop { .. });
+                loop_frames.push(is_loop);
+                rw.loops += u32::from(is_loop);
             }
             ref call
                 if scan.is_site(call) && {
@@ -1240,18 +1379,12 @@ fn instrument(
                 rw.top().live = true;
             }
             Operator::End => {
+                rw.loops -= u32::from(loop_frames.pop().unwrap_or(false));
                 let f = rw.frames.pop().expect("inside the function");
                 if rw.frames.is_empty() {
-                    // The function's end: close $body, return; a point
-                    // asks the host to start unwinding; close $unwind.
+                    // The function's end: close $body and return.
                     rw.put(Instruction::End);
                     rw.put(Instruction::Return);
-                    if points {
-                        rw.put(Instruction::End);
-                        let y = scan.yield_func.expect("points call tern.yield");
-                        rw.put(Instruction::Call(y));
-                    }
-                    rw.put(Instruction::End);
                     rw.level = 0;
                     fv.op(start, &op)?;
                     finished = true;
@@ -1309,41 +1442,28 @@ fn instrument(
                 fv.op(start, &op)?;
             }
         }
+        rw.op_index += 1;
     }
     if !finished {
         return Err(UnwindError::Read("function without its end".into()));
     }
 
-    // The frame: every local but the frame pointer (the last one).
+    // The frame layout: every local but the frame pointer (the last one),
+    // each at its own offset; a site writes only those it must save.
     let ptr = base + rw.temps.len() as u32;
-    let saved: Vec<(u32, ValType)> = local_types
-        .iter()
-        .chain(rw.temps.iter())
-        .copied()
-        .enumerate()
-        .map(|(i, t)| (i as u32, t))
-        .collect();
-    let types: Vec<ValType> = saved.iter().map(|&(_, t)| t).collect();
-    let (_, size) = frame_layout(&types);
+    let all: Vec<ValType> = local_types.iter().chain(rw.temps.iter()).copied().collect();
+    let (offsets, size) = frame_layout(&all);
     stats::add(&stats::FUNCS, 1);
-    stats::add(&stats::LOCALS, saved.len());
+    stats::add(&stats::LOCALS, all.len());
 
-    // Unwind: the site number is on the stack.
-    let frame_at = rw.out.len();
-    rw.put(Instruction::I32Const(func as i32));
-    rw.put(Instruction::I32Const(size as i32));
-    rw.put(Instruction::Call(sh.rt.push));
-    rw.put(Instruction::LocalSet(ptr));
-    frame_save(&mut rw.out, sh.rt, &saved, ptr);
-    for &t in results {
-        rw.put(zero(t));
-    }
-    rw.put(Instruction::End);
-    stats::add(&stats::FRAME, rw.out.len() - frame_at);
-
+    // Exit paths: `block $p0 (result i32) .. block $p<k-1> (result i32)`
+    // around `$body`; site depths patched to their path's block.
+    let (paths, of_site) = exit_paths(&rw.sites);
+    stats::add(&stats::PATHS, paths.len());
+    let k = paths.len() as u32;
     // Locals (the original ones, the temporaries, the frame pointer last),
     // then the code.
-    let mut out = Vec::with_capacity(rw.out.len() + 16 + 2 * groups.len());
+    let mut code = Vec::with_capacity(rw.out.len() + 16 + 2 * groups.len() + 64 * paths.len());
     let mut decls: Vec<(u32, EVal)> = Vec::new();
     for (count, t) in groups {
         decls.push((count, enc(t)?));
@@ -1355,13 +1475,68 @@ fn instrument(
             _ => decls.push((1, e)),
         }
     }
-    (decls.len() as u32).encode(&mut out);
+    (decls.len() as u32).encode(&mut code);
     for (count, t) in &decls {
-        count.encode(&mut out);
-        t.encode(&mut out);
+        count.encode(&mut code);
+        t.encode(&mut code);
     }
-    out.extend_from_slice(&rw.out);
-    Ok(out)
+    for _ in 0..k {
+        put(&mut code, Instruction::Block(BlockType::Result(EVal::I32)));
+    }
+    // The body, each site's placeholder depth replaced by the real one
+    // (sites are in order of their position).
+    let mut from = 0;
+    for (site, &p) in rw.sites.iter().zip(&of_site) {
+        // $body is at level k + 1 (1 while writing it); path p at p + 1.
+        let depth = site.level + k - 1 - p as u32;
+        code.extend_from_slice(&rw.out[from..site.depth_at]);
+        depth.encode(&mut code);
+        from = site.depth_at + 5;
+    }
+    code.extend_from_slice(&rw.out[from..]);
+    let frame_at = code.len();
+    // Innermost path first: each ends the block it follows.
+    for (p, path) in paths.iter().enumerate().rev() {
+        put(&mut code, Instruction::End);
+        if path.point {
+            // A migration point: the host opens the buffer and starts
+            // unwinding now.
+            let y = scan.yield_func.expect("points call tern.yield");
+            put(&mut code, Instruction::Call(y));
+            let outer = p.checked_sub(1).map(|o| &paths[o]);
+            if path.shared && outer.is_some_and(|o| o.shared && !o.point) {
+                // The shared points' path saves what the calls' does.
+                continue;
+            }
+        }
+        // The site number is on the stack.
+        put(&mut code, Instruction::I32Const(func as i32));
+        put(&mut code, Instruction::I32Const(size as i32));
+        put(&mut code, Instruction::Call(sh.rt.push));
+        put(&mut code, Instruction::LocalSet(ptr));
+        let mut saved: Vec<(u32, ValType, u32)> = path
+            .saved
+            .iter()
+            .filter(|&l| l < ptr)
+            .map(|l| (l, all[l as usize], offsets[l as usize]))
+            .collect();
+        if saved.len() * 4 >= all.len() * 3 || (path.shared && saved.len() * 2 >= all.len()) {
+            // Nearly everything: saving all of it is shorter code (runs
+            // of adjacent locals), for a little more liveness on a cold path.
+            saved = (0..ptr)
+                .map(|l| (l, all[l as usize], offsets[l as usize]))
+                .collect();
+        }
+        saved.sort_by_key(|s| s.2);
+        frame_save(&mut code, sh.rt, &saved, ptr);
+        for &t in results {
+            put(&mut code, zero(t));
+        }
+        put(&mut code, Instruction::Return);
+    }
+    put(&mut code, Instruction::End);
+    stats::add(&stats::FRAME, code.len() - frame_at);
+    Ok(code)
 }
 
 pub(crate) fn store(t: ValType, off: u32) -> Instruction<'static> {
