@@ -23,10 +23,13 @@
 //!
 //! **Sites.** In an instrumented function, each reachable call that can
 //! unwind is a *site*, numbered in order. After it: `i32.const id;
-//! global.get $state; br_if $unwind; drop`: when the callee is unwinding,
-//! control leaves through one block at the function's outside, which saves
-//! the frame (site number, function index, frame size, then every local
-//! grouped by type, see [`FRAME_HEADER`]) and returns.
+//! global.get $state; br_if $exit; drop`: when the callee is unwinding,
+//! control leaves through an *exit path*, a block at the function's
+//! outside, which saves the frame and returns. A frame is the site number,
+//! function index and frame size (see [`FRAME_HEADER`]), then a slot for
+//! every local grouped by type; a site writes only the slots of the locals
+//! live after it ([`crate::liveness`]), and a function has a few exit
+//! paths, one per set of locals saved (see `exit_paths`).
 //!
 //! **Migration points unwind inline, without a call.** [`crate::points`]
 //! puts `if (pause flag) call $tern.yield` at loop headers and recursive
@@ -34,11 +37,10 @@
 //! function with a loop a non-leaf and has Cranelift keep values in
 //! callee-saved registers across every loop (measured: flite 1.8x slower
 //! than without points). So the call becomes `i32.const id; $skip == 0;
-//! br_if $point; drop; $skip -= 1`, where `$skip` (the `tern_pause`
+//! br_if $exit; drop; $skip -= 1`, where `$skip` (the `tern_pause`
 //! global) counts points to pass before stopping (0 but in tests). A
-//! point that stops leaves through a block `$point` at the function's
-//! outside, which calls `tern.yield` there (the host opens the unwind
-//! buffer and starts unwinding) and falls into `$unwind`. A continuation
+//! point's exit path calls `tern.yield` first (the host opens the unwind
+//! buffer and starts unwinding), then saves the frame. A continuation
 //! copy entered at a point starts after the decrement and calls
 //! `tern.yield` in the point's place, as it repeats an import call.
 //!
@@ -677,6 +679,8 @@ pub const FRAME_TYPES: [ValType; 5] = [
     ValType::F64,
     ValType::V128,
 ];
+/// The `br_if` opcode.
+const BR_IF: u8 = 0x0d;
 /// Locals moved by one save helper call, at most.
 const CHUNK: usize = 8;
 
@@ -916,6 +920,9 @@ fn plan(scan: &Scan, ops: &[Operator]) -> Result<Vec<bool>, UnwindError> {
     Ok(holds)
 }
 
+/// Values kept in temporary locals: (type, local).
+type Temps = Vec<(ValType, u32)>;
+
 /// An open frame of the original code while rewriting.
 struct Frame {
     /// Label level of this frame in the output (see [`Rewriter::level`]).
@@ -925,6 +932,7 @@ struct Frame {
     /// Values below this construct, kept in locals until its end.
     restore: Vec<(ValType, u32)>,
     results: usize,
+    is_loop: bool,
 }
 
 /// Second pass over a function: writes the instrumented code.
@@ -952,9 +960,9 @@ struct Rewriter<'a> {
     sites: Vec<SiteExit>,
 }
 
-/// A site's branch to the block that saves its frame: where its depth is
-/// (a 5-byte placeholder, replaced once the paths are known), its label level
-/// inside `$body`, and what it must save.
+/// A site's branch to the block that saves its frame: where its depth goes
+/// (right after its `br_if` opcode in the body; written once the paths are
+/// known), its label level inside `$body`, and what it must save.
 struct SiteExit {
     depth_at: usize,
     level: u32,
@@ -968,8 +976,6 @@ struct SiteExit {
 struct PathKey {
     point: bool,
     saved: Locals,
-    /// The path shared by the sites that get no path of their own.
-    shared: bool,
 }
 
 impl Rewriter<'_> {
@@ -1042,13 +1048,12 @@ impl Rewriter<'_> {
     /// with `keep_args`, those go through locals too (pushed back with
     /// `local.get`s just before the call that takes them; they are
     /// returned second, free again but to be saved by the call's site).
-    #[allow(clippy::type_complexity)]
     fn clear_below(
         &mut self,
         fv: &FuncValidator<ValidatorResources>,
         takes: usize,
         keep_args: bool,
-    ) -> Result<(Vec<(ValType, u32)>, Vec<(ValType, u32)>), UnwindError> {
+    ) -> Result<(Temps, Temps), UnwindError> {
         let k = Self::frame_values(fv)?;
         if k == takes && !(keep_args && takes > 0) {
             return Ok((Vec::new(), Vec::new()));
@@ -1094,12 +1099,15 @@ impl Rewriter<'_> {
         self.out.extend_from_slice(raw);
         self.level += 1;
         fv.op(offset, op)?;
+        let is_loop = matches!(op, Operator::Loop { .. });
+        self.loops += u32::from(is_loop);
         self.frames.push(Frame {
             level: self.level,
             live: true,
             dead,
             restore,
             results: nr,
+            is_loop,
         });
         Ok(())
     }
@@ -1143,11 +1151,10 @@ impl Rewriter<'_> {
             self.put(Instruction::I32Const(id as i32));
             self.put(Instruction::GlobalGet(self.sh.state));
         }
-        // br_if to the site's exit path, its depth patched later.
-        self.put(Instruction::BrIf(0));
-        self.out.pop();
+        // br_if to the site's exit path: its depth is written when the
+        // function is put together, once the paths are known.
+        self.out.push(BR_IF);
         let depth_at = self.out.len();
-        self.out.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x00]);
         self.put(Instruction::Drop);
         if let Some(skip) = point {
             for i in [
@@ -1165,7 +1172,6 @@ impl Rewriter<'_> {
             key: PathKey {
                 point: point.is_some(),
                 saved: saved.trimmed(),
-                shared: false,
             },
             weight: 1u64 << (4 * self.loops.min(15)),
         });
@@ -1223,10 +1229,11 @@ const MAX_PATHS: usize = 8;
 /// per kind (points, calls); a set of locals gets a path of its own when
 /// some of its sites are in loops and it saves less than that union (by
 /// two locals at least), heaviest first (sites in the deepest loops), at
-/// most
-/// [`MAX_PATHS`] in all: a path costs code, and what matters is to keep
-/// dead locals out of hot loops. Returns the paths and, per site, its path.
-fn exit_paths(sites: &[SiteExit]) -> (Vec<PathKey>, Vec<usize>) {
+/// most [`MAX_PATHS`] in all: a path costs code, and what matters is to
+/// keep dead locals out of hot loops. Returns the paths (the shared ones
+/// last: calls', then points'), per site its path, and the index of the
+/// first shared path.
+fn exit_paths(sites: &[SiteExit]) -> (Vec<PathKey>, Vec<usize>, usize) {
     let mut weight: HashMap<&PathKey, u64> = HashMap::new();
     for s in sites {
         *weight.entry(&s.key).or_default() += s.weight;
@@ -1262,7 +1269,6 @@ fn exit_paths(sites: &[SiteExit]) -> (Vec<PathKey>, Vec<usize>) {
             paths.push(PathKey {
                 point,
                 saved: union.clone(),
-                shared: true,
             });
         }
     }
@@ -1273,7 +1279,7 @@ fn exit_paths(sites: &[SiteExit]) -> (Vec<PathKey>, Vec<usize>) {
         index.insert(k, at);
     }
     let of_site = sites.iter().map(|s| index[&s.key]).collect();
-    (paths, of_site)
+    (paths, of_site, own)
 }
 
 /// Rewrites one function that can unwind. Returns the body (locals and
@@ -1349,11 +1355,11 @@ fn instrument(
         dead: false,
         restore: Vec::new(),
         results: results.len(),
+        is_loop: false,
     });
 
     let mut ops = OperatorsReader::new(locals.get_binary_reader());
     let mut finished = false;
-    let mut loop_frames: Vec<bool> = vec![false];
     while !ops.eof() {
         let start = ops.original_position();
         let op = ops.read()?;
@@ -1361,9 +1367,6 @@ fn instrument(
         match op {
             Operator::Block { blockty } | Operator::Loop { blockty } | Operator::If { blockty } => {
                 rw.construct(fv, &op, raw, start, blockty)?;
-                let is_loop = matches!(op, Operator::Loop { .. });
-                loop_frames.push(is_loop);
-                rw.loops += u32::from(is_loop);
             }
             ref call
                 if scan.is_site(call) && {
@@ -1379,8 +1382,8 @@ fn instrument(
                 rw.top().live = true;
             }
             Operator::End => {
-                rw.loops -= u32::from(loop_frames.pop().unwrap_or(false));
                 let f = rw.frames.pop().expect("inside the function");
+                rw.loops -= u32::from(f.is_loop);
                 if rw.frames.is_empty() {
                     // The function's end: close $body and return.
                     rw.put(Instruction::End);
@@ -1458,7 +1461,7 @@ fn instrument(
 
     // Exit paths: `block $p0 (result i32) .. block $p<k-1> (result i32)`
     // around `$body`; site depths patched to their path's block.
-    let (paths, of_site) = exit_paths(&rw.sites);
+    let (paths, of_site, first_shared) = exit_paths(&rw.sites);
     stats::add(&stats::PATHS, paths.len());
     let k = paths.len() as u32;
     // Locals (the original ones, the temporaries, the frame pointer last),
@@ -1483,15 +1486,14 @@ fn instrument(
     for _ in 0..k {
         put(&mut code, Instruction::Block(BlockType::Result(EVal::I32)));
     }
-    // The body, each site's placeholder depth replaced by the real one
-    // (sites are in order of their position).
+    // The body, with each site's depth (sites are in order of position).
     let mut from = 0;
     for (site, &p) in rw.sites.iter().zip(&of_site) {
         // $body is at level k + 1 (1 while writing it); path p at p + 1.
         let depth = site.level + k - 1 - p as u32;
         code.extend_from_slice(&rw.out[from..site.depth_at]);
         depth.encode(&mut code);
-        from = site.depth_at + 5;
+        from = site.depth_at;
     }
     code.extend_from_slice(&rw.out[from..]);
     let frame_at = code.len();
@@ -1503,9 +1505,9 @@ fn instrument(
             // unwinding now.
             let y = scan.yield_func.expect("points call tern.yield");
             put(&mut code, Instruction::Call(y));
-            let outer = p.checked_sub(1).map(|o| &paths[o]);
-            if path.shared && outer.is_some_and(|o| o.shared && !o.point) {
-                // The shared points' path saves what the calls' does.
+            if p > first_shared {
+                // The shared points' path: the calls' (just outside it)
+                // saves the same.
                 continue;
             }
         }
@@ -1520,7 +1522,8 @@ fn instrument(
             .filter(|&l| l < ptr)
             .map(|l| (l, all[l as usize], offsets[l as usize]))
             .collect();
-        if saved.len() * 4 >= all.len() * 3 || (path.shared && saved.len() * 2 >= all.len()) {
+        let shared = p >= first_shared;
+        if saved.len() * 4 >= all.len() * 3 || (shared && saved.len() * 2 >= all.len()) {
             // Nearly everything: saving all of it is shorter code (runs
             // of adjacent locals), for a little more liveness on a cold path.
             saved = (0..ptr)

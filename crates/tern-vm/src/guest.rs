@@ -57,7 +57,7 @@ pub struct CaptureStats {
 /// A guest instance.
 pub struct Guest {
     store: Store<StoreData>,
-    /// The engine, and for compiling continuation modules when a `tern-unwind` guest resumes.
+    /// For compiling continuation modules when a `tern-unwind` guest resumes.
     runtime: Runtime,
     instance: Instance,
     start: TypedFunc<(), ()>,
