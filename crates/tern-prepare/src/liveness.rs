@@ -42,13 +42,6 @@ impl Locals {
         }
     }
 
-    /// True when `l` is in the set.
-    pub fn contains(&self, l: u32) -> bool {
-        self.0
-            .get(l as usize / 64)
-            .is_some_and(|w| w & (1 << (l % 64)) != 0)
-    }
-
     /// How many locals the set holds.
     pub fn len(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
