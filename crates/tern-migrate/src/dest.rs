@@ -1,6 +1,5 @@
 //! The receiving side of a migration.
 
-use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use tern_vm::{Guest, Incoming, Runtime};
 use crate::base::hash_messages;
 use crate::pages::apply_run;
 use crate::proto::{self, GuestInfo, Message, MAX_MODULE};
+use crate::transport::{Link, Tls};
 use crate::MigrateError;
 
 /// What the node gives the receiving side.
@@ -35,6 +35,10 @@ pub trait DestHost {
     /// The base image at `path` could not be used, for `why` (the source
     /// then sends everything).
     fn base_unusable(&self, guest: &GuestInfo, path: &Path, why: &str);
+    /// Mutual TLS for migrations (None: plain TCP).
+    fn tls(&self) -> Option<&Tls> {
+        None
+    }
 }
 
 /// Largest base image read (guest memory is at most 4 GiB).
@@ -52,54 +56,33 @@ pub enum Served {
     Resolved,
 }
 
-struct Conn {
-    w: BufWriter<TcpStream>,
-    r: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn send(&mut self, m: &Message) -> Result<(), MigrateError> {
-        self.send_buffered(m)?;
-        self.flush()
-    }
-    fn send_buffered(&mut self, m: &Message) -> Result<(), MigrateError> {
-        proto::send(&mut self.w, m).map(|_| ())
-    }
-    fn flush(&mut self) -> Result<(), MigrateError> {
-        self.w.flush().map_err(MigrateError::Send)
-    }
-    fn recv(&mut self) -> Result<Message, MigrateError> {
-        Ok(proto::recv(&mut self.r)?.0)
-    }
-}
-
 /// Serves one connection accepted by the node's migration listener.
 pub fn serve(stream: TcpStream, host: &dyn DestHost) -> Result<Served, MigrateError> {
-    stream.set_nodelay(true).ok();
     // A peer that says nothing for this long is dropped.
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(MigrateError::Receive)?;
-    let mut c = Conn {
-        w: BufWriter::new(stream.try_clone().map_err(MigrateError::Send)?),
-        r: BufReader::with_capacity(1 << 20, stream),
-    };
+    let mut c = Link::accept(stream, host.tls()).map_err(MigrateError::Receive)?;
     let hello = c.recv()?;
-    let (version, from_node, source_listen) = match proto::check_hello(&hello) {
+    let checked = proto::check_hello(&hello).and_then(|v| {
+        c.check_claim(&v.1)?;
+        Ok(v)
+    });
+    let (version, from_node, source_listen) = match checked {
         Ok(v) => v,
         Err(e) => {
-            let _ = c.send(&Message::Abort(e.to_string()));
+            let _ = c.send_now(&Message::Abort(e.to_string()));
             return Err(e);
         }
     };
-    c.send(&Message::Welcome {
+    c.send_now(&Message::Welcome {
         version,
         node: host.node_name(),
         arch: std::env::consts::ARCH.into(),
     })?;
     match c.recv()? {
         Message::Resolve { migration_id } => {
-            c.send(&Message::Owner {
+            c.send_now(&Message::Owner {
                 destination: host.handed_over(&migration_id),
             })?;
             Ok(Served::Resolved)
@@ -163,7 +146,7 @@ fn load_base(
     Ok(view.memory_size())
 }
 
-fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, MigrateError> {
+fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, MigrateError> {
     // Everything up to `Restored`: any failure aborts, and the source keeps
     // (and resumes) the guest.
     let mut log_opened = false;
@@ -209,7 +192,7 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
             });
             let held = base.map_or(0, |size| size as usize);
             for msg in hash_messages(&incoming.memory_mut()[..held]) {
-                c.send_buffered(&msg)?;
+                c.send(&msg)?;
             }
             c.flush()?;
         }
@@ -225,7 +208,7 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                     }
                 }
                 Message::LogChunk(bytes) => log.extend_from_slice(&bytes),
-                Message::Sync => c.send(&Message::Synced)?,
+                Message::Sync => c.send_now(&Message::Synced)?,
                 Message::Final {
                     memory_size,
                     globals,
@@ -254,7 +237,7 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
     let guest = match built {
         Ok(g) => g,
         Err(e) => {
-            let _ = c.send(&Message::Abort(e.to_string()));
+            let _ = c.send_now(&Message::Abort(e.to_string()));
             if log_opened {
                 host.discard(&b.guest);
             }
@@ -262,7 +245,7 @@ fn receive(c: &mut Conn, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
         }
     };
     // Restored: from now on the source may let go at any moment.
-    let sent = c.send(&Message::Restored);
+    let sent = c.send_now(&Message::Restored);
     let answer = sent.and_then(|_| c.recv());
     let ours = match answer {
         Ok(Message::Commit) => true,
@@ -306,15 +289,12 @@ fn ask_owner(source: &str, migration_id: &str, host: &dyn DestHost) -> Result<bo
         .ok()
         .and_then(|mut a| a.next())
         .ok_or(None)?;
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+    let mut c = Link::connect(addr, Duration::from_secs(2), host.tls())
         .map_err(|e| Some(e.kind() == std::io::ErrorKind::ConnectionRefused))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut c = Conn {
-        w: BufWriter::new(stream.try_clone().map_err(|_| None)?),
-        r: BufReader::new(stream),
-    };
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|_| None)?;
     let mut q = || -> Result<bool, MigrateError> {
-        c.send(&Message::Hello {
+        c.send_now(&Message::Hello {
             magic: proto::MAGIC,
             version: proto::PROTOCOL_VERSION,
             node: host.node_name(),
@@ -322,10 +302,10 @@ fn ask_owner(source: &str, migration_id: &str, host: &dyn DestHost) -> Result<bo
             listen: String::new(),
         })?;
         match c.recv()? {
-            Message::Welcome { .. } => {}
+            Message::Welcome { node, .. } => c.check_claim(&node)?,
             other => return Err(proto::unexpected(&other, "Welcome")),
         }
-        c.send(&Message::Resolve {
+        c.send_now(&Message::Resolve {
             migration_id: migration_id.to_string(),
         })?;
         match c.recv()? {

@@ -26,10 +26,12 @@ pub mod dest;
 pub mod pages;
 pub mod proto;
 pub mod source;
+pub mod transport;
 
 pub use dest::{serve, DestHost, Served};
 pub use proto::{GuestInfo, Strategy, PROTOCOL_VERSION};
 pub use source::{migrate, Options, Progress, Report, RoundStat, SourceGuest};
+pub use transport::Tls;
 
 /// Why a migration failed. Each names the step.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,6 @@
 //! The sending side of a migration.
 
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use tern_vm::Captured;
 use crate::base::Base;
 use crate::pages::{is_zero, Batcher, PAGE, RUN_PAGES};
 use crate::proto::{self, GuestInfo, Message, Strategy, LOG_CHUNK, MODULE_CHUNK};
+use crate::transport::{Link, Tls};
 use crate::MigrateError;
 
 /// A pre-copy round this short ends the rounds whatever the trend.
@@ -59,6 +59,11 @@ pub struct Options {
     pub listen: String,
     /// How long to wait for the destination's `Restored` after `Final`.
     pub ack_timeout: Duration,
+    /// Mutual TLS with the destination (None: plain TCP).
+    pub tls: Option<Tls>,
+    /// The destination's node name, when known: with TLS, its certificate
+    /// must carry it.
+    pub expect_node: Option<String>,
 }
 
 impl Default for Options {
@@ -72,6 +77,8 @@ impl Default for Options {
             node: String::new(),
             listen: String::new(),
             ack_timeout: Duration::from_secs(60),
+            tls: None,
+            expect_node: None,
         }
     }
 }
@@ -182,27 +189,6 @@ impl FirstCopy<'_> {
     }
 }
 
-struct Link {
-    w: BufWriter<TcpStream>,
-    r: BufReader<TcpStream>,
-    bytes: u64,
-}
-
-impl Link {
-    fn send(&mut self, m: &Message) -> Result<(), MigrateError> {
-        self.bytes += proto::send(&mut self.w, m)?;
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), MigrateError> {
-        self.w.flush().map_err(MigrateError::Send)
-    }
-    fn recv(&mut self) -> Result<Message, MigrateError> {
-        let (m, n) = proto::recv(&mut self.r)?;
-        self.bytes += n;
-        Ok(m)
-    }
-}
-
 /// Sends the pages a tracker or a memory scan hands over, batching them.
 struct Sender<'a> {
     link: &'a mut Link,
@@ -308,13 +294,8 @@ pub fn migrate(
         .map_err(connect_err)?
         .next()
         .ok_or_else(|| connect_err(std::io::Error::other("no address")))?;
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(connect_err)?;
-    stream.set_nodelay(true).ok();
-    let mut link = Link {
-        w: BufWriter::with_capacity(1 << 20, stream.try_clone().map_err(MigrateError::Send)?),
-        r: BufReader::new(stream.try_clone().map_err(MigrateError::Send)?),
-        bytes: 0,
-    };
+    let mut link =
+        Link::connect(addr, Duration::from_secs(10), opts.tls.as_ref()).map_err(connect_err)?;
     link.send(&Message::Hello {
         magic: proto::MAGIC,
         version: proto::PROTOCOL_VERSION,
@@ -323,13 +304,19 @@ pub fn migrate(
         listen: opts.listen.clone(),
     })?;
     link.flush()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(MigrateError::Receive)?;
+    link.set_read_timeout(Some(Duration::from_secs(30)))?;
     let (version, destination_node) = match link.recv()? {
         Message::Welcome { version, node, .. } => (version, node),
         other => return Err(proto::unexpected(&other, "Welcome")),
     };
+    link.check_claim(&destination_node)?;
+    if let Some(expected) = opts.expect_node.as_deref().filter(|_| opts.tls.is_some()) {
+        if expected != destination_node {
+            return Err(MigrateError::Protocol(format!(
+                "expected node {expected:?} at {to} but node {destination_node:?} answered"
+            )));
+        }
+    }
 
     let info = guest.info();
     let (module, meta) = guest.module()?;
@@ -434,9 +421,7 @@ pub fn migrate(
         prog.bytes_sent = link.bytes;
         prog.pages_sent = pages_sent;
         progress(&prog);
-        stream
-            .set_read_timeout(Some(opts.ack_timeout))
-            .map_err(MigrateError::Receive)?;
+        link.set_read_timeout(Some(opts.ack_timeout))?;
         t_final = Instant::now();
         match link.recv()? {
             Message::Restored => Ok(()),
