@@ -45,6 +45,8 @@ enum Command {
     Checkpoint(commands::checkpoint::CheckpointArgs),
     /// Move a running guest to another node, live.
     Migrate(commands::migrate::MigrateArgs),
+    /// Make a cluster CA, node and client certificates, and API tokens.
+    Certs(commands::certs::CertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => commands::stop::main(args),
         Command::Checkpoint(args) => commands::checkpoint::main(args),
         Command::Migrate(args) => commands::migrate::main(args),
+        Command::Certs(args) => commands::certs::main(args),
     };
     match result {
         Ok(code) => code,

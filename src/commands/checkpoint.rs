@@ -24,7 +24,7 @@ pub struct CheckpointArgs {
 
 /// Runs `tern checkpoint`.
 pub fn main(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let r = Client::new(&a.node.node).post(
+    let r = Client::new(&a.node.node, &a.node.access)?.post(
         &format!("/v1/guests/{}/checkpoint", a.id),
         &serde_json::json!({ "path": absolute(&a.image)?, "leave_running": a.leave_running }),
     )?;

@@ -23,7 +23,7 @@ pub struct LogsArgs {
 
 /// Runs `tern logs`.
 pub fn main(a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let c = Client::new(&a.node.node);
+    let c = Client::new(&a.node.node, &a.node.access)?;
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
@@ -32,7 +32,8 @@ pub fn main(a: LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         offset += bytes.len() as u64;
         let live = state == "running" || state == "paused";
-        if !a.follow || (!live && bytes.is_empty()) {
+        // Without -f, read until the log has nothing more to give.
+        if bytes.is_empty() && (!a.follow || !live) {
             if a.follow && state.starts_with("moved") {
                 crate::common::say(format_args!(
                     "guest {} moved to {}",

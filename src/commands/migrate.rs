@@ -38,7 +38,7 @@ pub struct MigrateArgs {
 
 /// Runs `tern migrate`.
 pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let c = Client::new(&a.node.node);
+    let c = Client::new(&a.node.node, &a.node.access)?;
     let started = c.post(
         &format!("/v1/guests/{}/migrate", a.id),
         &serde_json::json!({ "to": a.to, "strategy": a.strategy,

@@ -34,6 +34,20 @@ pub struct NodeArgs {
     #[arg(long, value_name = "SIZE", default_value = "1GiB",
           value_parser = crate::common::parse_size)]
     keep_departed_size: u64,
+    /// Cluster directory holding `ca.crt` and this node's certificate
+    /// (`tern certs node NAME`): serve the API and migrations only over
+    /// mutual TLS, to peers whose certificate the cluster CA signed.
+    /// Needs --name.
+    #[arg(long, env = "TERN_TLS_DIR", value_name = "DIR", requires = "name")]
+    tls_dir: Option<PathBuf>,
+    /// Bearer tokens the API accepts, one `ROLE TOKEN` a line (role
+    /// `admin` or `read`); with it, every API call must authenticate.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Allow plaintext, unauthenticated service on an address other than
+    /// loopback (anyone who reaches it controls every guest).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// Runs the daemon until killed.
@@ -52,13 +66,27 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let server = tiny_http::Server::http(&a.listen)
+    let tls = match &a.tls_dir {
+        Some(dir) => {
+            let name = a.name.as_deref().context("--tls-dir needs --name")?;
+            Some(tern_node::NodeTls::load(dir, name).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let tokens = match &a.token_file {
+        Some(f) => tern_tls::token::Tokens::load(f)?,
+        None => Default::default(),
+    };
+    let listener = std::net::TcpListener::bind(&a.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
-    let api = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| a.listen.clone());
+    let bound = listener.local_addr().context("no local address")?;
+    if tls.is_none() && !bound.ip().is_loopback() && !a.insecure {
+        anyhow::bail!(
+            "refusing to serve plaintext on {bound}: anyone who reaches it could control every \
+             guest; give --tls-dir (see docs/security.md), or --insecure on a trusted network"
+        );
+    }
+    let api = bound.to_string();
     let node = Node::open(NodeConfig {
         name: a.name.clone().unwrap_or_else(|| api.clone()),
         class: a.class.clone(),
@@ -67,13 +95,37 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         data_dir: a.data_dir.clone(),
         keep_departed: a.keep_departed,
         keep_departed_bytes: a.keep_departed_size,
+        tls: tls.clone(),
     })
     .map_err(anyhow::Error::msg)?;
+    let migrate_ip = node
+        .migrate_addr
+        .parse::<std::net::SocketAddr>()
+        .map(|m| m.ip());
+    if tls.is_none() && !a.insecure && migrate_ip.is_ok_and(|ip| !ip.is_loopback()) {
+        anyhow::bail!(
+            "refusing to accept plaintext migrations on {}: give --tls-dir (see \
+             docs/security.md), or --insecure on a trusted network",
+            node.migrate_addr
+        );
+    }
+    let security = match (&tls, tokens.is_empty()) {
+        (Some(_), true) => "mutual TLS",
+        (Some(_), false) => "mutual TLS, tokens",
+        (None, false) => "plaintext, tokens",
+        (None, true) => "plaintext, no authentication",
+    };
     log_event(
         "node_started",
         serde_json::json!({ "name": node.config.name, "class": node.config.class, "api": api,
-            "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH }),
+            "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH,
+            "security": security }),
     );
-    tern_node::api::serve(server, node);
+    let auth = tern_node::api::Auth {
+        tls: tls.map(|t| t.api),
+        tokens,
+    };
+    tern_node::api::serve(listener, node, auth)
+        .map_err(|e| anyhow::anyhow!("the API failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

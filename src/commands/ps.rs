@@ -18,7 +18,7 @@ pub struct PsArgs {
 
 /// Runs `tern ps`.
 pub fn main(a: PsArgs) -> anyhow::Result<ExitCode> {
-    let guests = Client::new(&a.node.node).get("/v1/guests")?;
+    let guests = Client::new(&a.node.node, &a.node.access)?.get("/v1/guests")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&guests)?);
         return Ok(ExitCode::SUCCESS);

@@ -28,6 +28,8 @@ pub struct RestoreArgs {
         conflicts_with = "checkpoint_after"
     )]
     node: Option<String>,
+    #[command(flatten)]
+    access: crate::client::Access,
 }
 
 /// Runs `tern restore`.
@@ -35,7 +37,7 @@ pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if let Some(node) = &a.node {
         let path = crate::client::absolute(&a.image_file)?;
-        let r = crate::client::Client::new(node)
+        let r = crate::client::Client::new(node, &a.access)?
             .post("/v1/restore", &serde_json::json!({ "path": path }))?;
         println!("{}", r["id"].as_str().unwrap_or_default());
         return Ok(ExitCode::SUCCESS);

@@ -35,6 +35,8 @@ pub struct RunArgs {
     /// The node for --detach (`HOST:PORT`).
     #[arg(long = "node", env = "TERN_NODE", value_name = "URL")]
     node: Option<String>,
+    #[command(flatten)]
+    access: crate::client::Access,
     /// Arguments passed to the guest (after `--`).
     #[arg(last = true, value_name = "ARGS")]
     args: Vec<String>,
@@ -132,7 +134,8 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         env: a.env.clone(),
         dirs,
     };
-    let r = crate::client::Client::new(node).post("/v1/guests", &serde_json::to_value(spec)?)?;
+    let r = crate::client::Client::new(node, &a.access)?
+        .post("/v1/guests", &serde_json::to_value(spec)?)?;
     println!("{}", r["id"].as_str().unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,7 @@ pub struct StopArgs {
 
 /// Runs `tern stop`.
 pub fn main(a: StopArgs) -> anyhow::Result<ExitCode> {
-    let g = Client::new(&a.node.node)
+    let g = Client::new(&a.node.node, &a.node.access)?
         .post(&format!("/v1/guests/{}/stop", a.id), &serde_json::json!({}))?;
     crate::common::say(format_args!(
         "guest {} is {}",

@@ -18,7 +18,7 @@ pub struct WaitArgs {
 
 /// Runs `tern wait`.
 pub fn main(a: WaitArgs) -> anyhow::Result<ExitCode> {
-    let mut c = Client::new(&a.node.node);
+    let mut c = Client::new(&a.node.node, &a.node.access)?;
     loop {
         let g = c.get(&format!("/v1/guests/{}/wait?timeout_ms=20000", a.id))?;
         match g["state"].as_str().unwrap_or("") {
@@ -30,7 +30,7 @@ pub fn main(a: WaitArgs) -> anyhow::Result<ExitCode> {
             }
             // Follow the guest to where it went.
             "moved" => match g["moved_to"].as_str() {
-                Some(to) => c = Client::new(to),
+                Some(to) => c = c.at(to),
                 None => bail!("guest {} moved to an unknown node", a.id),
             },
             other => bail!(

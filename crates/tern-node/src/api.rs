@@ -1,77 +1,285 @@
-//! The HTTP/JSON API the CLI talks to, and `/metrics`.
+//! The HTTP/JSON API the CLI talks to, and `/metrics`, over plain HTTP or
+//! mutual TLS (hyper and axum on a small tokio runtime; node work runs on
+//! blocking threads).
 //!
-//! | method and path | does |
-//! |---|---|
-//! | `GET /v1/node` | node facts ([`crate::NodeInfo`]) |
-//! | `GET /v1/guests` | every guest ([`crate::registry::GuestRecord`]) |
-//! | `POST /v1/guests` | boot a guest ([`crate::BootSpec`]) -> `{"id"}` |
-//! | `POST /v1/restore` | `{"path"}`: restore an image file on this node -> `{"id"}` |
-//! | `GET /v1/guests/ID` | one guest |
-//! | `GET /v1/guests/ID/logs?offset=N` | its output from byte N (header `x-tern-state`) |
-//! | `GET /v1/guests/ID/wait?timeout_ms=T` | waits up to T ms for it to end |
-//! | `POST /v1/guests/ID/stop` | stops it |
-//! | `POST /v1/guests/ID/checkpoint` | `{"path","leave_running"}` |
-//! | `POST /v1/guests/ID/migrate` | `{"to","strategy","max_downtime_ms","dirty"}` -> `{"migration"}` |
-//! | `GET /v1/migrations` | every migration report kept |
-//! | `GET /v1/migrations/MID` | one migration's progress and report |
-//! | `GET /metrics` | Prometheus text format |
+//! | method and path | does | role |
+//! |---|---|---|
+//! | `GET /v1/node` | node facts ([`crate::NodeInfo`]) | read |
+//! | `GET /v1/guests` | every guest ([`crate::registry::GuestRecord`]) | read |
+//! | `POST /v1/guests` | boot a guest ([`crate::BootSpec`]) -> `{"id"}` | admin |
+//! | `POST /v1/restore` | `{"path"}`: restore an image file on this node -> `{"id"}` | admin |
+//! | `GET /v1/guests/ID` | one guest | read |
+//! | `GET /v1/guests/ID/logs?offset=N` | its output from byte N (header `x-tern-state`) | read |
+//! | `GET /v1/guests/ID/wait?timeout_ms=T` | waits up to T ms for it to end | read |
+//! | `POST /v1/guests/ID/stop` | stops it | admin |
+//! | `POST /v1/guests/ID/checkpoint` | `{"path","leave_running"}` | admin |
+//! | `POST /v1/guests/ID/migrate` | `{"to","strategy","max_downtime_ms","dirty"}` -> `{"migration"}` | admin |
+//! | `GET /v1/migrations` | every migration report kept | read |
+//! | `GET /v1/migrations/MID` | one migration's progress and report | read |
+//! | `GET /metrics` | Prometheus text format | read |
 //!
 //! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+//!
+//! # Who may call
+//!
+//! A node started with `--tls-dir` speaks only TLS. A caller is then known
+//! by its client certificate (role `admin`, `read`, or `node` for other
+//! nodes, which may read) or, without one, by a bearer token from the
+//! node's `--token-file`. A node with a token file but no TLS asks for the
+//! token too. A node with neither lets anyone who reaches its port do
+//! anything: it listens on loopback unless told otherwise.
 
-use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tiny_http::{Header, Method, Request, Response, Server};
+use tern_tls::token::Tokens;
+use tern_tls::{Identity, Role};
 
 use crate::runner::RunState;
-use crate::{BootSpec, Node};
+use crate::{log_event, BootSpec, Node};
 
 /// Largest request body accepted (a module travels base64 in one).
-const MAX_BODY: u64 = 512 << 20;
+const MAX_BODY: usize = 512 << 20;
 
-type Reply = Response<std::io::Cursor<Vec<u8>>>;
+/// Most log bytes one `logs` reply carries (the client asks again).
+const LOG_REPLY: u64 = 8 << 20;
 
-fn json_reply(status: u16, v: &Value) -> Reply {
-    let body = serde_json::to_vec(v).unwrap_or_default();
-    Response::from_data(body)
-        .with_status_code(status)
-        .with_header(Header::from_bytes("content-type", "application/json").expect("static header"))
+/// How the API checks its callers.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// TLS for every connection, client certificates optional (tokens
+    /// stand in for them).
+    pub tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
+    /// Bearer tokens accepted.
+    pub tokens: Tokens,
 }
 
-fn err(status: u16, msg: impl std::fmt::Display) -> Reply {
-    json_reply(status, &json!({ "error": msg.to_string() }))
+impl Auth {
+    fn required(&self) -> bool {
+        self.tls.is_some() || !self.tokens.is_empty()
+    }
 }
 
-fn body<T: for<'a> Deserialize<'a>>(req: &mut Request) -> Result<T, Reply> {
-    let mut bytes = Vec::new();
-    req.as_reader()
-        .take(MAX_BODY)
-        .read_to_end(&mut bytes)
-        .map_err(|e| err(400, format!("reading the request failed: {e}")))?;
-    serde_json::from_slice(&bytes).map_err(|e| err(400, format!("bad request body: {e}")))
+/// The certificate identity of a connection's peer, if it gave one.
+#[derive(Clone)]
+struct Peer {
+    cert: Option<Identity>,
+    addr: SocketAddr,
 }
 
-fn query(url: &str, key: &str) -> Option<String> {
-    let q = url.split_once('?')?.1;
-    q.split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_string())
+/// An error reply.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
 }
 
-/// Serves the API on `server` until the process ends, a thread per request.
-pub fn serve(server: Server, node: Arc<Node>) {
-    let server = Arc::new(server);
-    for mut req in server.incoming_requests() {
-        let node = node.clone();
-        std::thread::spawn(move || {
-            let reply = route(&node, &mut req);
-            let _ = req.respond(reply);
+fn err(status: u16, msg: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        msg.to_string(),
+    )
+}
+
+type Reply = Result<Response, ApiError>;
+
+fn ok(status: u16, v: Value) -> Reply {
+    Ok((
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        Json(v),
+    )
+        .into_response())
+}
+
+/// Runs node work (which blocks) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| err(500, "internal error (see the node's log)"))
+}
+
+/// Serves the API on `listener` until the process ends.
+pub fn serve(listener: std::net::TcpListener, node: Arc<Node>, auth: Auth) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("api")
+        .enable_all()
+        .build()?;
+    rt.block_on(accept_loop(listener, node, auth))
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    node: Arc<Node>,
+    auth: Auth,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let acceptor = auth.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let app = router(node, auth);
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(_) => {
+                // Out of descriptors, most likely: let some close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tcp.set_nodelay(true).ok();
+        let app = app.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let Some(acceptor) = acceptor else {
+                serve_conn(tcp, app, Peer { cert: None, addr }).await;
+                return;
+            };
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let cert = tern_tls::peer_identity(tls.get_ref().1.peer_certificates());
+                    serve_conn(tls, app, Peer { cert, addr }).await;
+                }
+                Ok(Err(e)) => {
+                    let why = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<tern_tls::rustls::Error>())
+                        .map(tern_tls::explain)
+                        .unwrap_or_else(|| e.to_string());
+                    log_event(
+                        "api_refused",
+                        json!({ "peer": addr.to_string(), "error": why }),
+                    );
+                }
+                Err(_) => log_event(
+                    "api_refused",
+                    json!({ "peer": addr.to_string(), "error": "TLS handshake timed out" }),
+                ),
+            }
         });
+    }
+}
+
+async fn serve_conn<S>(io: S, app: Router, peer: Peer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::Service;
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        app.clone().call(req)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
+}
+
+fn router(node: Arc<Node>, auth: Auth) -> Router {
+    Router::new()
+        .route("/v1/node", get(node_info))
+        .route("/metrics", get(metrics))
+        .route("/v1/guests", get(guests).post(boot))
+        .route("/v1/restore", post(restore))
+        .route("/v1/guests/{id}", get(guest))
+        .route("/v1/guests/{id}/logs", get(logs))
+        .route("/v1/guests/{id}/wait", get(wait))
+        .route("/v1/guests/{id}/stop", post(stop))
+        .route("/v1/guests/{id}/checkpoint", post(checkpoint))
+        .route("/v1/guests/{id}/migrate", post(migrate))
+        .route("/v1/migrations", get(migrations))
+        .route("/v1/migrations/{mid}", get(migration))
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            err(404, format!("no such endpoint: {method} {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(Arc::new(auth), authorize))
+        .with_state(node)
+}
+
+/// Lets a request through only if its caller may make it.
+async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    if !auth.required() {
+        return next.run(req).await;
+    }
+    let peer = req.extensions().get::<Peer>().cloned();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let who = match (peer.as_ref().and_then(|p| p.cert.clone()), bearer) {
+        (Some(id), _) => Some(id),
+        (None, Some(token)) => auth.tokens.check(token),
+        (None, None) => None,
+    };
+    let addr = peer.map(|p| p.addr.to_string()).unwrap_or_default();
+    let Some(who) = who else {
+        let why = if bearer.is_some() {
+            "unknown token"
+        } else {
+            "authentication required: a client certificate (--tls-dir) or a token (--token-file)"
+        };
+        log_event(
+            "api_refused",
+            json!({ "peer": addr, "error": why, "path": req.uri().path() }),
+        );
+        return err(401, why).into_response();
+    };
+    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
+    let allowed = reads || who.role.may_write();
+    if !allowed {
+        log_event(
+            "api_refused",
+            json!({ "peer": addr, "who": who.name, "role": who.role.as_str(),
+                    "error": "read-only caller", "path": req.uri().path() }),
+        );
+        let role = match who.role {
+            Role::Node => "a node",
+            _ => "read-only",
+        };
+        return err(
+            403,
+            format!("{} is {role}: only an admin may {}", who.name, req.method()),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn node_info(State(node): State<Arc<Node>>) -> Reply {
+    ok(200, json!(node.info()))
+}
+
+async fn guests(State(node): State<Arc<Node>>) -> Reply {
+    let g = blocking(move || node.guests()).await?;
+    ok(200, json!(g))
+}
+
+fn body<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| err(400, format!("bad request body: {e}")))
+}
+
+async fn boot(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply {
+    let spec: BootSpec = body(&bytes)?;
+    drop(bytes);
+    match blocking(move || node.boot(spec)).await? {
+        Ok(id) => ok(201, json!({ "id": id })),
+        Err(e) => Err(err(400, e)),
     }
 }
 
@@ -80,6 +288,120 @@ struct PathBody {
     path: String,
     #[serde(default)]
     leave_running: bool,
+}
+
+async fn restore(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply {
+    let b: PathBody = body(&bytes)?;
+    match blocking(move || node.restore_image(std::path::Path::new(&b.path))).await? {
+        Ok(id) => ok(201, json!({ "id": id })),
+        Err(e) => Err(err(400, e)),
+    }
+}
+
+async fn guest(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Reply {
+    match node.guest(&id) {
+        Some(g) => ok(200, json!(g)),
+        None => Err(err(404, format!("no guest {id} on this node"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    offset: u64,
+}
+
+async fn logs(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Reply {
+    let Some(g) = node.guest(&id) else {
+        return Err(err(404, format!("no guest {id} on this node")));
+    };
+    let mut state = g.state.clone();
+    if let Some(to) = &g.moved_to {
+        state = format!("{state} {to}");
+    }
+    let path = node.config.data_dir.join("guests").join(&id).join("log");
+    let body = match tokio::fs::File::open(&path).await {
+        Ok(mut f) => {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            if q.offset < len && f.seek(std::io::SeekFrom::Start(q.offset)).await.is_ok() {
+                Body::from_stream(tokio_util::io::ReaderStream::new(f.take(LOG_REPLY)))
+            } else {
+                Body::empty()
+            }
+        }
+        Err(_) => Body::empty(),
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        "x-tern-state",
+        HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("unknown")),
+    );
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default = "default_wait")]
+    timeout_ms: u64,
+}
+
+fn default_wait() -> u64 {
+    30_000
+}
+
+async fn wait(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Reply {
+    let timeout = Duration::from_millis(q.timeout_ms);
+    let t0 = Instant::now();
+    if let Some(r) = node.runner(&id) {
+        // Poll in steps so a request never outlives its timeout by much.
+        while !r.state().is_final() && t0.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if r.state() == RunState::Released {
+            // The registry is updated by the same thread; give it a moment.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    match node.guest(&id) {
+        Some(g) => ok(200, json!(g)),
+        None => Err(err(404, format!("no guest {id} on this node"))),
+    }
+}
+
+async fn stop(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Reply {
+    let n = node.clone();
+    let i = id.clone();
+    match blocking(move || n.stop(&i)).await? {
+        Ok(()) => ok(200, json!(node.guest(&id))),
+        Err(e) => Err(err(404, e)),
+    }
+}
+
+async fn checkpoint(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Reply {
+    let b: PathBody = body(&bytes)?;
+    let path = b.path.clone();
+    let r = blocking(move || node.checkpoint(&id, std::path::Path::new(&b.path), b.leave_running))
+        .await?;
+    match r {
+        Ok(s) => ok(
+            200,
+            json!({ "image": path, "image_bytes": s.image_bytes, "memory_bytes": s.memory_bytes, "pages": s.pages }),
+        ),
+        Err(e) => Err(err(409, e)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,143 +415,40 @@ struct MigrateBody {
     dirty: Option<String>,
 }
 
-fn route(node: &Arc<Node>, req: &mut Request) -> Reply {
-    let url = req.url().to_string();
-    let path = url.split('?').next().unwrap_or("").to_string();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    match (&method, parts.as_slice()) {
-        (Method::Get, ["v1", "node"]) => json_reply(200, &json!(node.info())),
-        (Method::Get, ["metrics"]) => metrics(node),
-        (Method::Get, ["v1", "guests"]) => json_reply(200, &json!(node.guests())),
-        (Method::Post, ["v1", "guests"]) => {
-            let spec: BootSpec = match body(req) {
-                Ok(s) => s,
-                Err(r) => return r,
-            };
-            match node.boot(spec) {
-                Ok(id) => json_reply(201, &json!({ "id": id })),
-                Err(e) => err(400, e),
-            }
-        }
-        (Method::Post, ["v1", "restore"]) => {
-            let b: PathBody = match body(req) {
-                Ok(s) => s,
-                Err(r) => return r,
-            };
-            match node.restore_image(std::path::Path::new(&b.path)) {
-                Ok(id) => json_reply(201, &json!({ "id": id })),
-                Err(e) => err(400, e),
-            }
-        }
-        (Method::Get, ["v1", "guests", id]) => match node.guest(id) {
-            Some(g) => json_reply(200, &json!(g)),
-            None => err(404, format!("no guest {id} on this node")),
-        },
-        (Method::Get, ["v1", "guests", id, "logs"]) => logs(node, id, &url),
-        (Method::Get, ["v1", "guests", id, "wait"]) => {
-            let timeout = query(&url, "timeout_ms")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(30_000u64);
-            wait(node, id, Duration::from_millis(timeout))
-        }
-        (Method::Post, ["v1", "guests", id, "stop"]) => match node.stop(id) {
-            Ok(()) => json_reply(200, &json!(node.guest(id))),
-            Err(e) => err(404, e),
-        },
-        (Method::Post, ["v1", "guests", id, "checkpoint"]) => {
-            let b: PathBody = match body(req) {
-                Ok(s) => s,
-                Err(r) => return r,
-            };
-            match node.checkpoint(id, std::path::Path::new(&b.path), b.leave_running) {
-                Ok(s) => json_reply(
-                    200,
-                    &json!({ "image": b.path, "image_bytes": s.image_bytes, "memory_bytes": s.memory_bytes, "pages": s.pages }),
-                ),
-                Err(e) => err(409, e),
-            }
-        }
-        (Method::Post, ["v1", "guests", id, "migrate"]) => {
-            let b: MigrateBody = match body(req) {
-                Ok(s) => s,
-                Err(r) => return r,
-            };
-            let mut opts = tern_migrate::Options::default();
-            if let Some(s) = &b.strategy {
-                match s.parse() {
-                    Ok(s) => opts.strategy = s,
-                    Err(e) => return err(400, e),
-                }
-            }
-            if let Some(ms) = b.max_downtime_ms {
-                opts.max_downtime = Duration::from_millis(ms);
-            }
-            if let Some(d) = &b.dirty {
-                match d.parse() {
-                    Ok(d) => opts.dirty = d,
-                    Err(e) => return err(400, format!("{e:?}")),
-                }
-            }
-            match node.start_migration(id, &b.to, opts) {
-                Ok(mid) => json_reply(202, &json!({ "migration": mid })),
-                Err(e) => err(409, e),
-            }
-        }
-        (Method::Get, ["v1", "migrations"]) => json_reply(200, &json!(node.history())),
-        (Method::Get, ["v1", "migrations", mid]) => match node.migration(mid) {
-            Some(m) => json_reply(200, &json!(m)),
-            None => err(404, format!("no migration {mid} on this node")),
-        },
-        _ => err(404, format!("no such endpoint: {method} {path}")),
+async fn migrate(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Reply {
+    let b: MigrateBody = body(&bytes)?;
+    let mut opts = tern_migrate::Options::default();
+    if let Some(s) = &b.strategy {
+        opts.strategy = s.parse().map_err(|e| err(400, e))?;
+    }
+    if let Some(ms) = b.max_downtime_ms {
+        opts.max_downtime = Duration::from_millis(ms);
+    }
+    if let Some(d) = &b.dirty {
+        opts.dirty = d.parse().map_err(|e| err(400, format!("{e:?}")))?;
+    }
+    match blocking(move || node.start_migration(&id, &b.to, opts)).await? {
+        Ok(mid) => ok(202, json!({ "migration": mid })),
+        Err(e) => Err(err(409, e)),
     }
 }
 
-fn logs(node: &Node, id: &str, url: &str) -> Reply {
-    let Some(g) = node.guest(id) else {
-        return err(404, format!("no guest {id} on this node"));
-    };
-    let offset: u64 = query(url, "offset")
-        .and_then(|o| o.parse().ok())
-        .unwrap_or(0);
-    let path = node.config.data_dir.join("guests").join(id).join("log");
-    let bytes = match std::fs::File::open(&path) {
-        Ok(mut f) => {
-            use std::io::{Seek, SeekFrom};
-            let mut out = Vec::new();
-            let _ = f.seek(SeekFrom::Start(offset));
-            let _ = f.take(8 << 20).read_to_end(&mut out);
-            out
-        }
-        Err(_) => Vec::new(),
-    };
-    let mut state = g.state.clone();
-    if let Some(to) = &g.moved_to {
-        state = format!("{state} {to}");
-    }
-    Response::from_data(bytes)
-        .with_header(Header::from_bytes("x-tern-state", state.as_bytes()).expect("ascii header"))
+async fn migrations(State(node): State<Arc<Node>>) -> Reply {
+    ok(200, json!(node.history()))
 }
 
-fn wait(node: &Node, id: &str, timeout: Duration) -> Reply {
-    let t0 = Instant::now();
-    if let Some(r) = node.runner(id) {
-        // Poll in steps so a request never outlives its timeout by much.
-        while !r.state().is_final() && t0.elapsed() < timeout {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if r.state() == RunState::Released {
-            // The registry is updated by the same thread; give it a moment.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    match node.guest(id) {
-        Some(g) => json_reply(200, &json!(g)),
-        None => err(404, format!("no guest {id} on this node")),
+async fn migration(State(node): State<Arc<Node>>, Path(mid): Path<String>) -> Reply {
+    match node.migration(&mid) {
+        Some(m) => ok(200, json!(m)),
+        None => Err(err(404, format!("no migration {mid} on this node"))),
     }
 }
 
-fn metrics(node: &Node) -> Reply {
+async fn metrics(State(node): State<Arc<Node>>) -> Reply {
     use std::fmt::Write;
     let m = &node.metrics;
     let mut t = String::new();
@@ -259,7 +478,5 @@ fn metrics(node: &Node) -> Reply {
     let _ = writeln!(t, "# HELP tern_migrations_received_total Guests received by migration.\n# TYPE tern_migrations_received_total counter\ntern_migrations_received_total {}", m.migrations_in.load(Ordering::Relaxed));
     let _ = writeln!(t, "# HELP tern_migration_bytes_total Bytes sent by migrations.\n# TYPE tern_migration_bytes_total counter\ntern_migration_bytes_total {}", m.migration_bytes.load(Ordering::Relaxed));
     let _ = writeln!(t, "# HELP tern_migration_last_downtime_seconds Downtime of the last migration sent.\n# TYPE tern_migration_last_downtime_seconds gauge\ntern_migration_last_downtime_seconds {}", m.last_downtime_us.load(Ordering::Relaxed) as f64 / 1e6);
-    Response::from_data(t.into_bytes()).with_header(
-        Header::from_bytes("content-type", "text/plain; version=0.0.4").expect("static header"),
-    )
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response())
 }

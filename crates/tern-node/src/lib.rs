@@ -46,6 +46,52 @@ pub struct NodeConfig {
     pub keep_departed: std::time::Duration,
     /// Most bytes of such images kept in all.
     pub keep_departed_bytes: u64,
+    /// Mutual TLS for the API, migrations and calls to other nodes (None:
+    /// plain TCP).
+    pub tls: Option<NodeTls>,
+}
+
+/// A node's certificate, made into the TLS configurations it needs.
+#[derive(Clone)]
+pub struct NodeTls {
+    /// Who this node is (the certificate's name).
+    pub identity: tern_tls::Identity,
+    /// For migrations, both ways.
+    pub migrate: tern_migrate::Tls,
+    /// For the API (client certificates optional: tokens stand in).
+    pub api: Arc<tern_tls::rustls::ServerConfig>,
+    /// For calls to other nodes' APIs.
+    pub client: Arc<tern_tls::rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// Loads node `name`'s certificate from cluster directory `dir`.
+    pub fn load(dir: &Path, name: &str) -> Result<NodeTls, String> {
+        use tern_tls::{ClientAuth, Material};
+        let m = Material::load_node(dir, name).map_err(|e| e.to_string())?;
+        let client = m.client_config().map_err(|e| e.to_string())?;
+        Ok(NodeTls {
+            identity: m.identity().clone(),
+            migrate: tern_migrate::Tls {
+                client: client.clone(),
+                server: m
+                    .server_config(ClientAuth::Required)
+                    .map_err(|e| e.to_string())?,
+            },
+            api: m
+                .server_config(ClientAuth::Optional)
+                .map_err(|e| e.to_string())?,
+            client,
+        })
+    }
 }
 
 /// What `GET /v1/node` answers.
@@ -476,7 +522,8 @@ impl Node {
         if r.state().is_final() {
             return Err(format!("guest {id} is not running"));
         }
-        let dest = fetch_node_info(to)?;
+        let tls = self.config.tls.as_ref();
+        let dest = fetch_node_info(to, tls.map(|t| t.client.clone()))?;
         let mid = new_id(id);
         self.migrations
             .lock()
@@ -495,6 +542,8 @@ impl Node {
         opts.migration_id = mid.clone();
         opts.node = self.config.name.clone();
         opts.listen = self.migrate_addr.clone();
+        opts.tls = tls.map(|t| t.migrate.clone());
+        opts.expect_node = Some(dest.name.clone());
         let to_api = to.to_string();
         let m = mid.clone();
         std::thread::spawn(move || {
@@ -649,6 +698,9 @@ impl tern_migrate::DestHost for Dest {
     fn node_name(&self) -> String {
         self.0.config.name.clone()
     }
+    fn tls(&self) -> Option<&tern_migrate::Tls> {
+        self.0.config.tls.as_ref().map(|t| &t.migrate)
+    }
     fn open_log(&self, guest: &GuestInfo, log: &[u8]) -> Result<(OutputSink, OutputSink), String> {
         if let Some(r) = self.0.runner(&guest.id) {
             if !r.state().is_final() {
@@ -695,23 +747,41 @@ impl tern_migrate::DestHost for Dest {
     }
 }
 
-/// Normalizes `host:port` or `http://host:port` to `http://host:port`.
-pub fn base_url(addr: &str) -> String {
+/// Normalizes `host:port` or `http(s)://host:port` to a URL, `https` when
+/// `tls` (a URL that names its scheme keeps it).
+pub fn base_url(addr: &str, tls: bool) -> String {
     let a = addr.trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") {
         a.to_string()
+    } else if tls {
+        format!("https://{a}")
     } else {
         format!("http://{a}")
     }
 }
 
-/// Asks a node's API for its facts.
-pub fn fetch_node_info(api: &str) -> Result<NodeInfo, String> {
-    let url = format!("{}/v1/node", base_url(api));
-    let resp = ureq::get(&url)
+/// An HTTP client: with `tls`, it presents that configuration's
+/// certificate and trusts only the cluster's nodes.
+pub fn http_agent(tls: Option<Arc<tern_tls::rustls::ClientConfig>>) -> ureq::Agent {
+    let b = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(10));
+    match tls {
+        Some(c) => b.tls_config(c).build(),
+        None => b.build(),
+    }
+}
+
+/// Asks a node's API for its facts (over TLS with `tls`).
+pub fn fetch_node_info(
+    api: &str,
+    tls: Option<Arc<tern_tls::rustls::ClientConfig>>,
+) -> Result<NodeInfo, String> {
+    let secure = tls.is_some();
+    let url = format!("{}/v1/node", base_url(api, secure));
+    let resp = http_agent(tls)
+        .get(&url)
         .timeout(std::time::Duration::from_secs(10))
         .call()
-        .map_err(|e| format!("cannot reach node {api}: {e}"))?;
+        .map_err(|e| format!("cannot reach node {api}: {}", explain_http(&e)))?;
     let info: NodeInfo = resp
         .into_json()
         .map_err(|e| format!("node {api} answered nonsense: {e}"))?;
@@ -722,6 +792,7 @@ pub fn fetch_node_info(api: &str) -> Result<NodeInfo, String> {
         if let Some(sa) = sa.filter(|a| a.ip().is_unspecified()) {
             let host = api
                 .trim_start_matches("http://")
+                .trim_start_matches("https://")
                 .rsplit_once(':')
                 .map(|(h, _)| h.to_string())
                 .unwrap_or_default();
@@ -729,4 +800,33 @@ pub fn fetch_node_info(api: &str) -> Result<NodeInfo, String> {
         }
     }
     Ok(info)
+}
+
+/// One line saying why an HTTP call failed, naming TLS refusals plainly.
+pub fn explain_http(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Status(code, _) => format!("HTTP {code}"),
+        ureq::Error::Transport(t) => {
+            // A TLS alert record (0x15 0x03) where an HTTP header was due.
+            if t.kind() == ureq::ErrorKind::BadHeader && t.to_string().contains("[21, 3, ") {
+                return "the node speaks TLS only: give --tls-dir (or TERN_TLS_DIR)".into();
+            }
+            let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
+            while let Some(s) = src {
+                if let Some(r) = s.downcast_ref::<tern_tls::rustls::Error>() {
+                    return tern_tls::explain(r);
+                }
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    if let Some(r) = io
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<tern_tls::rustls::Error>())
+                    {
+                        return tern_tls::explain(r);
+                    }
+                }
+                src = s.source();
+            }
+            t.to_string()
+        }
+    }
 }
