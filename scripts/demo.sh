@@ -4,8 +4,10 @@
 # board). A guest that keeps dirtying 64 MiB of memory at 10 MB/s starts on
 # the server, moves live to the board (pre-copy), runs there, and moves
 # back (pre-copy, sending only what changed while it was away). Its whole
-# output is then compared with an uninterrupted run. Sets up a fresh
-# machine first (the first aarch64 build takes about 5 minutes).
+# output is then compared with an uninterrupted run. Nodes and the CLI talk
+# over mutual TLS only, with certificates of a cluster CA made here
+# (docs/security.md). Sets up a fresh machine first (the first aarch64
+# build takes about 5 minutes).
 # (scripts/demo-checkpoint.sh shows checkpoint / inspect / restore.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +36,20 @@ start_node() {
   # Not printed for $(...): pids must reach this shell for the cleanup.
   api=$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$name.log" | head -n1)
 }
-start_node server "$TERN" node; S=$api
-start_node board qemu-aarch64 -L / "$BOARD_TERN" node --class board; B=$api
-echo "== server node ($(uname -m)) at $S, board node (aarch64 under qemu-aarch64) at $B"
+echo "== a cluster CA, node certificates for server and board, a client certificate for this CLI"
+"$TERN" certs init --dir "$work/cluster" >/dev/null
+"$TERN" certs node server --dir "$work/cluster" >/dev/null
+"$TERN" certs node board --dir "$work/cluster" >/dev/null
+"$TERN" certs client demo --dir "$work/cluster" >/dev/null
+export TERN_TLS_DIR=$work/cluster
+start_node server "$TERN" node --tls-dir "$work/cluster"; S=$api
+start_node board qemu-aarch64 -L / "$BOARD_TERN" node --class board --tls-dir "$work/cluster"; B=$api
+echo "== server node ($(uname -m)) at https://$S, board node (aarch64 under qemu-aarch64) at https://$B, mutual TLS"
+if refusal=$(env -u TERN_TLS_DIR "$TERN" ps --node "$S" 2>&1); then
+  echo "== the server answered a plaintext client" >&2
+  exit 1
+fi
+echo "   a client without the cluster's certificate is refused: $refusal"
 
 echo "== uninterrupted run of the memory dirtier (${ARGS[*]}), for reference"
 "$TERN" run target/guests/dirtier.wasm -- "${ARGS[@]}" > "$work/reference.out"

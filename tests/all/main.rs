@@ -5,5 +5,6 @@ mod badinput;
 mod checkpoint;
 mod cross;
 mod migrate;
+mod security;
 mod support;
 mod wasi_prepared;

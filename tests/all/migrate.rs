@@ -14,6 +14,10 @@ pub struct NodeProc {
     child: Child,
     pub api: String,
     netns: Option<String>,
+    /// Environment of the CLI commands aimed at this node.
+    cli_env: Vec<(String, String)>,
+    /// The node's log lines so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -77,18 +81,35 @@ impl NodeProc {
         let v: serde_json::Value = serde_json::from_str(&first).expect(&first);
         let api = v["api"].as_str().expect("api address").to_string();
         // Keep draining the node's log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.by_ref().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
         NodeProc {
             child,
             api,
             netns: netns.map(str::to_string),
+            cli_env: Vec::new(),
+            log,
             _dir: dir,
         }
+    }
+
+    /// Sets `key=value` for every CLI command aimed at this node.
+    pub fn with_cli_env(mut self, key: &str, value: &str) -> NodeProc {
+        self.cli_env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn cli(&self) -> std::process::Command {
         let mut c = tern_in(self.netns.as_deref());
         c.env("TERN_NODE", &self.api);
+        for (k, v) in &self.cli_env {
+            c.env(k, v);
+        }
         c
     }
 
