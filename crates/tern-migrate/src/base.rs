@@ -16,6 +16,9 @@ use crate::MigrateError;
 /// Hashes per `BaseHashes` message (4 MiB of hashes, 1 GiB of memory).
 pub const HASHES_PER_MESSAGE: usize = 1 << 18;
 
+/// Most pages a base can cover: a wasm32 memory's 4 GiB.
+pub const MAX_BASE_PAGES: usize = (tern_image::MAX_MEMORY_BYTES / PAGE as u64) as usize;
+
 /// The 128-bit hash of one page that bases are compared by.
 pub fn page_hash(page: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(page)
@@ -80,6 +83,14 @@ impl Base {
                 } => (total as usize, first as usize, hashes),
                 other => return Err(crate::proto::unexpected(&other, "BaseHashes")),
             };
+            // The peer's count bounds what is kept: never more than a
+            // memory can hold, whatever it announces.
+            if total > MAX_BASE_PAGES {
+                return Err(MigrateError::Protocol(format!(
+                    "base of {total} pages announced, more than a memory of \
+                     {MAX_BASE_PAGES} pages"
+                )));
+            }
             if first != hashes.len() || bytes.len() % 16 != 0 {
                 return Err(MigrateError::Protocol(format!(
                     "base hashes out of order: page {first} after {} pages, {} bytes",
@@ -149,5 +160,42 @@ mod tests {
         assert!(Base::receive(|| Ok(it.next().unwrap())).is_err());
         let mut it = vec![m(2, 0, 15)].into_iter();
         assert!(Base::receive(|| Ok(it.next().unwrap())).is_err());
+    }
+
+    #[test]
+    fn a_base_larger_than_any_memory_is_refused_up_front() {
+        // A peer announcing u32::MAX pages could otherwise stream 64 GiB of
+        // hashes into the source, 8 MiB frame after 8 MiB frame.
+        let mut sent = 0;
+        let result = Base::receive(|| {
+            if sent == 3 {
+                return Err(MigrateError::Receive(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            sent += 1;
+            Ok(Message::BaseHashes {
+                total: u32::MAX,
+                first: ((sent - 1) * HASHES_PER_MESSAGE) as u32,
+                hashes: vec![0; HASHES_PER_MESSAGE * 16],
+            })
+        });
+        assert!(matches!(result, Err(MigrateError::Protocol(_))));
+        assert_eq!(sent, 1, "hashes kept past an impossible total");
+        // The largest real memory still fits.
+        let total = MAX_BASE_PAGES as u32;
+        let mut first = 0u32;
+        let base = Base::receive(|| {
+            let n = HASHES_PER_MESSAGE as u32;
+            let msg = Message::BaseHashes {
+                total,
+                first,
+                hashes: vec![0; n as usize * 16],
+            };
+            first += n;
+            Ok(msg)
+        })
+        .unwrap();
+        assert_eq!(base.pages(), MAX_BASE_PAGES as u64);
     }
 }
