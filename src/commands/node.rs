@@ -34,6 +34,16 @@ pub struct NodeArgs {
     #[arg(long, value_name = "SIZE", default_value = "1GiB",
           value_parser = crate::common::parse_size)]
     keep_departed_size: u64,
+    /// Memory limit of guests that give none, and the most any guest may
+    /// ask for (64KiB to 4GiB). [default: 4GiB, all a wasm32 guest can
+    /// address]
+    #[arg(long, value_name = "SIZE", value_parser = crate::common::parse_memory_limit)]
+    max_memory: Option<u64>,
+    /// Most output (stdout and stderr together) a guest's log may hold;
+    /// a guest whose output reaches it is ended, state `limited`.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB",
+          value_parser = crate::common::parse_size)]
+    max_log: u64,
 }
 
 /// Runs the daemon until killed.
@@ -67,12 +77,17 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         data_dir: a.data_dir.clone(),
         keep_departed: a.keep_departed,
         keep_departed_bytes: a.keep_departed_size,
+        limits: tern_node::limits::NodeLimits {
+            max_memory: a.max_memory,
+            max_log: a.max_log,
+        },
     })
     .map_err(anyhow::Error::msg)?;
     log_event(
         "node_started",
         serde_json::json!({ "name": node.config.name, "class": node.config.class, "api": api,
-            "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH }),
+            "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH,
+            "max_memory": a.max_memory, "max_log": a.max_log, "cpu_control": node.cpu_control() }),
     );
     tern_node::api::serve(server, node);
     Ok(ExitCode::SUCCESS)
