@@ -255,3 +255,41 @@ fn node_holds_a_guest_to_its_cpu_quota() {
     }
     assert!(!group.exists(), "{} was left behind", group.display());
 }
+
+#[test]
+fn limits_move_with_the_guest() {
+    let a = NodeProc::start_with("lim-a", &[]);
+    let b = NodeProc::start_with("lim-b", &["--max-memory", "1GiB"]);
+    let capped = boot_ok(
+        &a,
+        &[
+            "--max-memory",
+            "32M",
+            "--max-fds",
+            "50",
+            "--cpu-weight",
+            "200",
+        ],
+        &["cpu", "1.5"],
+    );
+    let free = boot_ok(&a, &[], &["cpu", "1.5"]);
+    assert_eq!(
+        record(&a, &free)["limits"]["max_memory"],
+        serde_json::Value::Null
+    );
+    for id in [&capped, &free] {
+        let r = crate::migrate::migrate(&a, id, &b, "cold");
+        assert!(r["downtime_ms"].is_number(), "{r}");
+    }
+    let l = &record(&b, &capped)["limits"];
+    assert_eq!(
+        (&l["max_memory"], &l["max_fds"], &l["cpu_weight"]),
+        (&(32u64 << 20).into(), &50.into(), &200.into()),
+        "{l}"
+    );
+    // A guest without a memory limit gets the node's maximum on arrival.
+    assert_eq!(record(&b, &free)["limits"]["max_memory"], 1u64 << 30);
+    for id in [&capped, &free] {
+        assert_eq!(wait_end(&b, id)["exit_code"], 0);
+    }
+}
