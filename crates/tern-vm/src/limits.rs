@@ -113,9 +113,9 @@ impl fmt::Display for LimitHit {
     }
 }
 
-/// `bytes` for people: `64 MiB`, `1 GiB`, `1536 KiB`, `100 bytes`.
+/// `bytes` for people: `64 MiB`, `1 GiB`, `64.2 MiB`, `512 KiB`, `100 bytes`.
 pub fn size(bytes: u64) -> String {
-    const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+    const UNITS: [(u32, &str); 3] = [(40, "TiB"), (30, "GiB"), (20, "MiB")];
     for (shift, unit) in UNITS {
         if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
@@ -123,6 +123,9 @@ pub fn size(bytes: u64) -> String {
     }
     if bytes >= 1 << 20 {
         return format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64);
+    }
+    if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
+        return format!("{} KiB", bytes >> 10);
     }
     format!("{bytes} bytes")
 }
@@ -188,7 +191,9 @@ mod tests {
     fn sizes_read_well() {
         assert_eq!(size(64 << 20), "64 MiB");
         assert_eq!(size(1 << 30), "1 GiB");
-        assert_eq!(size(1536 << 10), "1536 KiB");
+        assert_eq!(size(1536 << 10), "1.5 MiB");
+        assert_eq!(size(65728 << 10), "64.2 MiB");
+        assert_eq!(size(512 << 10), "512 KiB");
         assert_eq!(size(100), "100 bytes");
         assert_eq!(size((64 << 20) + 1), "64.0 MiB");
     }
