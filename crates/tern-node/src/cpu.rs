@@ -4,7 +4,8 @@
 //! own group, `<node's group>/tern-<node>/<guest>`, with `cpu.shares` from
 //! its weight and `cpu.cfs_quota_us` from its quota; the guest's thread
 //! moves itself in (its thread id into `tasks`) when it starts and back
-//! out when it ends, and the group is then removed. Elsewhere a weight
+//! out when it ends, and the group is then removed (the node's group too,
+//! once it holds no guest's). Elsewhere a weight
 //! becomes the thread's nice value and a quota cannot be enforced: a guest
 //! asking for one is refused.
 
@@ -47,6 +48,10 @@ impl CpuControl {
                         let _ = std::fs::remove_dir(e.path());
                     }
                 }
+                // Made again with the first guest's group, and removed
+                // with the last: no node leaves an empty group behind
+                // while it has no guests.
+                let _ = std::fs::remove_dir(&dir);
                 CpuControl::Cgroup {
                     dir,
                     home_tasks: home.join("tasks"),
@@ -84,7 +89,10 @@ impl CpuControl {
                     std::fs::write(group.join(file), &value)
                         .map_err(|e| format!("cannot set {file} of {}: {e}", group.display()))
                 };
+                // The node's group may vanish with its last guest's group
+                // between the two mkdirs: try again once.
                 std::fs::create_dir_all(&group)
+                    .or_else(|_| std::fs::create_dir_all(&group))
                     .map_err(|e| format!("cannot create {}: {e}", group.display()))?;
                 let quota = limits
                     .cpu_quota_millicores
@@ -165,6 +173,10 @@ impl Drop for Entered {
             let tid = rustix::thread::gettid();
             let _ = std::fs::write(home_tasks, tid.as_raw_nonzero().to_string());
             let _ = std::fs::remove_dir(group);
+            // The node's group, once no other guest's group is in it.
+            if let Some(node_group) = group.parent() {
+                let _ = std::fs::remove_dir(node_group);
+            }
         }
     }
 }
