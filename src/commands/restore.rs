@@ -19,7 +19,7 @@ pub struct RestoreArgs {
     image_file: PathBuf,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
-    /// Limits replacing the ones the image carries (not with --node).
+    // Limits replacing the ones the image carries (not with --node).
     #[command(flatten)]
     limits: LimitArgs,
     /// Restore onto this node instead of in this process, and print the
