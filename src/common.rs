@@ -62,6 +62,49 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
+/// Parses a guest memory limit: a size (see [`parse_size`]) from 64 KiB
+/// (one wasm page) to 4 GiB (all a wasm32 guest can address).
+pub fn parse_memory_limit(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(1 << 16..=tern_vm::limits::WASM32_MAX_MEMORY).contains(&n) {
+        return Err(format!(
+            "memory limit `{s}` is out of range: give 64KiB to 4GiB"
+        ));
+    }
+    Ok(n)
+}
+
+/// Resource limits of a guest run in this process (`run`, `restore`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LimitArgs {
+    /// Most linear memory the guest may have, e.g. `64M`, `1G` (64KiB to
+    /// 4GiB). Past it the guest's memory.grow fails (its malloc returns
+    /// NULL); a module whose initial memory is larger is refused.
+    /// [default: 4GiB, or what a restored image carries; on a node the
+    /// node's --max-memory]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
+    pub max_memory: Option<u64>,
+    /// Most descriptors the guest may hold open, stdio and --dir included;
+    /// opening more fails with EMFILE. [default: 1024, or what a restored
+    /// image carries]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(3..))]
+    pub max_fds: Option<u32>,
+}
+
+impl LimitArgs {
+    /// `base` with the limits given on the command line.
+    pub fn apply(&self, base: tern_vm::limits::Limits) -> tern_vm::limits::Limits {
+        let mut l = base;
+        if self.max_memory.is_some() {
+            l.max_memory = self.max_memory;
+        }
+        if let Some(n) = self.max_fds {
+            l.max_fds = n;
+        }
+        l
+    }
+}
+
 /// The runtime with Tern's compile cache.
 pub fn runtime() -> anyhow::Result<Runtime> {
     Ok(Runtime::new(Some(tern_prepare::default_cache_dir()))?)
@@ -118,13 +161,23 @@ pub fn drive(
     }
     let outcome = match outcome {
         Err(tern_vm::VmError::Trap(msg)) => {
-            say(format_args!("the guest trapped: {msg}"));
+            match guest.limit_hit() {
+                Some(hit) => say(format_args!(
+                    "the guest trapped after reaching its {hit}: {msg}"
+                )),
+                None => say(format_args!("the guest trapped: {msg}")),
+            }
             return Ok(ExitCode::from(EXIT_GUEST_TRAP));
         }
         other => other.context("running the guest")?,
     };
     match outcome {
         Outcome::Exited(code) => {
+            if let (Some(hit), true) = (guest.limit_hit(), code != 0) {
+                say(format_args!(
+                    "the guest ended by its {hit}: exit status {code}"
+                ));
+            }
             if ckpt.checkpoint_after.is_some() {
                 say("the guest exited before the checkpoint; no image was written");
             }

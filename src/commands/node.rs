@@ -48,6 +48,16 @@ pub struct NodeArgs {
     /// loopback (anyone who reaches it controls every guest).
     #[arg(long)]
     insecure: bool,
+    /// Memory limit of guests that give none, and the most any guest may
+    /// ask for (64KiB to 4GiB). [default: 4GiB, all a wasm32 guest can
+    /// address]
+    #[arg(long, value_name = "SIZE", value_parser = crate::common::parse_memory_limit)]
+    max_memory: Option<u64>,
+    /// Most output (stdout and stderr together) a guest's log may hold;
+    /// a guest whose output reaches it is ended, state `limited`.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB",
+          value_parser = crate::common::parse_size)]
+    max_log: u64,
 }
 
 /// Runs the daemon until killed.
@@ -96,6 +106,10 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         keep_departed: a.keep_departed,
         keep_departed_bytes: a.keep_departed_size,
         tls: tls.clone(),
+        limits: tern_node::limits::NodeLimits {
+            max_memory: a.max_memory,
+            max_log: a.max_log,
+        },
     })
     .map_err(anyhow::Error::msg)?;
     let migrate_ip = node
@@ -119,7 +133,8 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         "node_started",
         serde_json::json!({ "name": node.config.name, "class": node.config.class, "api": api,
             "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH,
-            "security": security }),
+            "security": security, "max_memory": a.max_memory, "max_log": a.max_log,
+            "cpu_control": node.cpu_control() }),
     );
     let auth = tern_node::api::Auth {
         tls: tls.map(|t| t.api),

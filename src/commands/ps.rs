@@ -24,7 +24,7 @@ pub fn main(a: PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<14} {:<20} {:<10} {:<6} WHERE",
+        "{:<14} {:<20} {:<14} {:<6} WHERE",
         "ID", "NAME", "STATE", "EXIT"
     );
     for g in guests.as_array().into_iter().flatten() {
@@ -37,11 +37,16 @@ pub fn main(a: PsArgs) -> anyhow::Result<ExitCode> {
             .map(|t| format!("-> {t}"))
             .or_else(|| g["came_from"].as_str().map(|f| format!("<- {f}")))
             .unwrap_or_default();
+        // A guest ended by a limit shows which: `limited:memory`.
+        let mut state = g["state"].as_str().unwrap_or("").to_string();
+        if let Some(limit) = g["limit"].as_str() {
+            state = format!("{state}:{limit}");
+        }
         println!(
-            "{:<14} {:<20} {:<10} {:<6} {place}",
+            "{:<14} {:<20} {:<14} {:<6} {place}",
             g["id"].as_str().unwrap_or(""),
             g["name"].as_str().unwrap_or(""),
-            g["state"].as_str().unwrap_or(""),
+            state,
             exit
         );
     }

@@ -9,7 +9,7 @@ use clap::Args;
 use tern_vm::wasi::OutputSink;
 use tern_vm::Guest;
 
-use crate::common::{self, CheckpointArgs};
+use crate::common::{self, CheckpointArgs, LimitArgs};
 
 /// Arguments of `tern restore`.
 #[derive(Args, Debug)]
@@ -19,6 +19,9 @@ pub struct RestoreArgs {
     image_file: PathBuf,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    // Limits replacing the ones the image carries (not with --node).
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Restore onto this node instead of in this process, and print the
     /// guest's id (the node reads FILE from its own filesystem).
     #[arg(
@@ -36,6 +39,11 @@ pub struct RestoreArgs {
 pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if let Some(node) = &a.node {
+        if a.limits.max_memory.is_some() || a.limits.max_fds.is_some() {
+            anyhow::bail!(
+                "--max-memory and --max-fds apply to restores in this process; on a node the guest keeps the image's limits within the node's maximum"
+            );
+        }
         let path = crate::client::absolute(&a.image_file)?;
         let r = crate::client::Client::new(node, &a.access)?
             .post("/v1/restore", &serde_json::json!({ "path": path }))?;
@@ -48,7 +56,11 @@ pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         source,
     })?;
     let rt = common::runtime()?;
-    let guest = Guest::restore(&rt, &view, OutputSink::Inherit, OutputSink::Inherit)
+    let mut guest = Guest::restore(&rt, &view, OutputSink::Inherit, OutputSink::Inherit)
+        .with_context(|| format!("cannot restore {}", a.image_file.display()))?;
+    let limits = a.limits.apply(guest.limits());
+    guest
+        .set_limits(limits)
         .with_context(|| format!("cannot restore {}", a.image_file.display()))?;
     drop(view);
     drop(bytes);

@@ -9,7 +9,7 @@ use clap::Args;
 use tern_vm::wasi::{OutputSink, WasiConfig, WasiCtx};
 use tern_vm::Guest;
 
-use crate::common::{self, CheckpointArgs};
+use crate::common::{self, CheckpointArgs, LimitArgs};
 
 /// Arguments of `tern run`.
 #[derive(Args, Debug)]
@@ -25,6 +25,19 @@ pub struct RunArgs {
     env: Vec<(String, String)>,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// With --detach: the guest's CPU weight against the node's other
+    /// guests, 1 to 10000 (100: an equal share). Enforced with a cgroup,
+    /// or with the thread's nice value where cgroups are not writable.
+    #[arg(long, value_name = "N", requires = "detach",
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    cpu_weight: Option<u32>,
+    /// With --detach: hold the guest to this many cores, e.g. `0.25`
+    /// (needs cgroups on the node; refused otherwise).
+    #[arg(long, value_name = "FRACTION", requires = "detach",
+          value_parser = parse_cpu_quota)]
+    cpu_quota: Option<f64>,
     /// Run the module as given, without preparing it (it then cannot be
     /// checkpointed). For comparisons and benchmarks.
     #[arg(long, hide = true, conflicts_with = "checkpoint_after")]
@@ -46,6 +59,16 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not of the form K=V")),
+    }
+}
+
+/// Parses a CPU quota in cores: `0.25`, `1`, `1.5` (0.01 to 1024).
+fn parse_cpu_quota(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.01..=1024.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "invalid CPU quota `{s}`: give a number of cores from 0.01 to 1024, e.g. 0.25"
+        )),
     }
 }
 
@@ -104,9 +127,14 @@ pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
     })
     .context("setting up the guest's WASI host")?;
     let rt = common::runtime()?;
+    let limits = a.limits.apply(Default::default());
     let guest = match &prepared {
-        Some(prepared) => Guest::boot(&rt, prepared, wasi)?,
-        None => Guest::boot_original(&rt, &wasm, wasi)?,
+        Some(prepared) => Guest::boot_with(&rt, prepared, wasi, limits)?,
+        None => {
+            let mut g = Guest::boot_original(&rt, &wasm, wasi)?;
+            g.set_limits(limits)?;
+            g
+        }
     };
     common::drive(guest, &a.checkpoint, started)
 }
@@ -133,6 +161,10 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         args: a.args.clone(),
         env: a.env.clone(),
         dirs,
+        max_memory: a.limits.max_memory,
+        max_fds: a.limits.max_fds,
+        cpu_weight: a.cpu_weight,
+        cpu_quota: a.cpu_quota,
     };
     let r = crate::client::Client::new(node, &a.access)?
         .post("/v1/guests", &serde_json::to_value(spec)?)?;

@@ -4,6 +4,7 @@
 mod badinput;
 mod checkpoint;
 mod cross;
+mod limits;
 mod migrate;
 mod security;
 mod support;

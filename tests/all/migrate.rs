@@ -104,6 +104,11 @@ impl NodeProc {
         self
     }
 
+    /// The node process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn cli(&self) -> std::process::Command {
         let mut c = tern_in(self.netns.as_deref());
         c.env("TERN_NODE", &self.api);

@@ -575,6 +575,7 @@ impl BootInput {
             args: self.args,
             env: self.env,
             dirs: self.dirs,
+            ..Default::default()
         }
     }
 }

@@ -83,6 +83,7 @@ pub fn host_state() -> Vec<u8> {
         wasi,
         pending: PendingCall::Yield,
         generation: 2,
+        limits: Default::default(),
     }
     .encode()
 }
@@ -321,6 +322,8 @@ pub fn bodies() -> Vec<Vec<u8>> {
         args: vec!["3".into(), "a b".into()],
         env: vec![("HOME".into(), "/".into())],
         dirs: vec![("/tmp/work".into(), "/data".into())],
+        max_memory: Some(64 << 20),
+        ..Default::default()
     };
     let mut seeds = vec![
         serde_json::to_vec(&spec).expect("a BootSpec serializes"),

@@ -8,9 +8,15 @@
 //! daemon lives in the data directory: `guests.json` (the [`registry`]),
 //! `migrations.jsonl` (every migration report) and `guests/<id>/log` (each
 //! guest's whole output, which moves with the guest).
+//!
+//! Each guest runs under resource limits ([`limits`], [`cpu`],
+//! `docs/limits.md`): one guest running out of memory, descriptors, log
+//! space or CPU share ends or slows that guest, never the node.
 
 pub mod api;
+pub mod cpu;
 pub mod departed;
+pub mod limits;
 pub mod registry;
 pub mod runner;
 
@@ -49,6 +55,8 @@ pub struct NodeConfig {
     /// Mutual TLS for the API, migrations and calls to other nodes (None:
     /// plain TCP).
     pub tls: Option<NodeTls>,
+    /// Limits of the guests (memory default and maximum, log size).
+    pub limits: limits::NodeLimits,
 }
 
 /// A node's certificate, made into the TLS configurations it needs.
@@ -159,6 +167,11 @@ pub struct Node {
     migrations: Mutex<BTreeMap<String, MigrationStatus>>,
     /// Images of guests that left, for their return.
     departed: Arc<departed::Departed>,
+    /// How guests' CPU weights and quotas are enforced.
+    cpu: cpu::CpuControl,
+    /// Log budgets of guests arriving by migration, from `open_log` to
+    /// `adopt`.
+    arriving_logs: Mutex<BTreeMap<String, Arc<limits::LogBudget>>>,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -203,6 +216,31 @@ pub struct BootSpec {
     pub env: Vec<(String, String)>,
     /// Preopened directories: host path, guest name.
     pub dirs: Vec<(String, String)>,
+    /// Memory limit in bytes (default: the node's `--max-memory`; more
+    /// than that is refused).
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    /// Most open descriptors (default 1024).
+    #[serde(default)]
+    pub max_fds: Option<u32>,
+    /// CPU weight, 1 to 10000 (default 100, an equal share).
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
+    /// CPU quota in cores, e.g. 0.25 (default: none; needs cgroups).
+    #[serde(default)]
+    pub cpu_quota: Option<f64>,
+}
+
+impl BootSpec {
+    /// The limits the guest asks for.
+    pub fn requested(&self) -> limits::Requested {
+        limits::Requested {
+            max_memory: self.max_memory,
+            max_fds: self.max_fds,
+            cpu_weight: self.cpu_weight,
+            cpu_quota: self.cpu_quota,
+        }
+    }
 }
 
 impl Node {
@@ -219,6 +257,7 @@ impl Node {
         )?);
         let runtime =
             Runtime::new(Some(tern_prepare::default_cache_dir())).map_err(|e| e.to_string())?;
+        let cpu = cpu::CpuControl::open(&config.name);
         let listener = TcpListener::bind(&config.migrate_listen).map_err(|e| {
             format!(
                 "cannot listen for migrations on {}: {e}",
@@ -237,6 +276,8 @@ impl Node {
             runners: Mutex::new(BTreeMap::new()),
             migrations: Mutex::new(BTreeMap::new()),
             departed,
+            cpu,
+            arriving_logs: Mutex::new(BTreeMap::new()),
             metrics: Metrics::default(),
         });
         let n = node.clone();
@@ -266,6 +307,11 @@ impl Node {
         Ok(node)
     }
 
+    /// How guests' CPU weights and quotas are enforced, in one line.
+    pub fn cpu_control(&self) -> String {
+        self.cpu.describe()
+    }
+
     /// Node facts for `GET /v1/node`.
     pub fn info(&self) -> NodeInfo {
         NodeInfo {
@@ -283,12 +329,13 @@ impl Node {
         self.config.data_dir.join("guests").join(id)
     }
 
-    /// Creates the log file of a guest (with `initial` bytes) and returns sinks.
+    /// Creates the log file of a guest (with `initial` bytes) and returns
+    /// sinks that write to it within the node's log limit, and their budget.
     fn new_log(
         &self,
         id: &str,
         initial: &[u8],
-    ) -> Result<(PathBuf, OutputSink, OutputSink), String> {
+    ) -> Result<(PathBuf, OutputSink, OutputSink, Arc<limits::LogBudget>), String> {
         let dir = self.guest_dir(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -301,9 +348,10 @@ impl Node {
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))
         };
-        let out = OutputSink::Writer(Box::new(open()?));
-        let err = OutputSink::Writer(Box::new(open()?));
-        Ok((path, out, err))
+        let budget = limits::LogBudget::new(self.config.limits.max_log, initial.len() as u64);
+        let out = OutputSink::Writer(Box::new(limits::LimitedLog::new(open()?, budget.clone())));
+        let err = OutputSink::Writer(Box::new(limits::LimitedLog::new(open()?, budget.clone())));
+        Ok((path, out, err, budget))
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut GuestRecord)) -> Result<(), String> {
@@ -314,15 +362,38 @@ impl Node {
         reg.save()
     }
 
-    /// Registers and starts a guest (fresh, restored or arrived).
+    /// Registers and starts a guest (fresh, restored or arrived) whose
+    /// log is `log` under `budget`. A CPU quota this node cannot enforce
+    /// fails the start when `strict` (a boot); otherwise (a guest that
+    /// arrived with one) the guest runs without it.
     fn start(
         self: &Arc<Self>,
         info: GuestInfo,
-        guest: Guest,
+        mut guest: Guest,
         log: PathBuf,
+        budget: Arc<limits::LogBudget>,
         came_from: Option<String>,
+        strict: bool,
     ) -> Result<String, String> {
         let id = info.id.clone();
+        let placement = match self.cpu.prepare(&id, &guest.limits()) {
+            Ok(p) => p,
+            Err(e) if strict => return Err(e),
+            Err(e) => {
+                log_event(
+                    "cpu_quota_dropped",
+                    serde_json::json!({ "guest": id, "error": e }),
+                );
+                let mut l = guest.limits();
+                l.cpu_quota_millicores = None;
+                guest.set_limits(l).map_err(|e| e.to_string())?;
+                self.cpu.prepare(&id, &l)?
+            }
+        };
+        let cpu_control = match &placement {
+            cpu::Placement::Cgroup { group, .. } => format!("cgroup {}", group.display()),
+            cpu::Placement::Nice(n) => format!("nice {n}"),
+        };
         {
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
             reg.guests.insert(
@@ -333,6 +404,9 @@ impl Node {
                     state: "running".into(),
                     exit_code: None,
                     error: None,
+                    limit: None,
+                    limits: Some(guest.limits()),
+                    cpu_control: Some(cpu_control),
                     moved_to: None,
                     moved_by: None,
                     came_from,
@@ -353,6 +427,16 @@ impl Node {
                     r.state = "failed".into();
                     r.error = Some(e.clone());
                 }
+                RunState::Limited {
+                    limit,
+                    message,
+                    exit_code,
+                } => {
+                    r.state = "limited".into();
+                    r.limit = Some(limit.clone());
+                    r.error = Some(message.clone());
+                    r.exit_code = *exit_code;
+                }
                 RunState::Stopped if r.state != "checkpointed" => r.state = "stopped".into(),
                 RunState::Released => r.state = "moved".into(),
                 _ => {}
@@ -362,7 +446,7 @@ impl Node {
                 serde_json::json!({ "guest": info.id, "state": format!("{end:?}") }),
             );
         });
-        let runner = Runner::start(info, guest, log, on_final)?;
+        let runner = Runner::start(info, guest, log, budget, placement, on_final)?;
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -375,6 +459,7 @@ impl Node {
     /// Boots a new guest from a module.
     pub fn boot(self: &Arc<Self>, spec: BootSpec) -> Result<String, String> {
         use base64::Engine as _;
+        let limits = self.config.limits.for_boot(&spec.requested())?;
         let wasm = base64::engine::general_purpose::STANDARD
             .decode(spec.module_b64.as_bytes())
             .map_err(|e| format!("module is not valid base64: {e}"))?;
@@ -383,7 +468,7 @@ impl Node {
             .prepare(&wasm, &Default::default())
             .map_err(|e| format!("cannot prepare {}: {e}", spec.name))?;
         let id = new_id(&spec.name);
-        let (log, out, err) = self.new_log(&id, b"")?;
+        let (log, out, err, budget) = self.new_log(&id, b"")?;
         let mut args = vec![spec.name.clone()];
         args.extend(spec.args);
         let preopens = spec
@@ -399,7 +484,13 @@ impl Node {
             stderr: err,
         })
         .map_err(|e| e.to_string())?;
-        let guest = Guest::boot(&self.runtime, &prepared, wasi).map_err(|e| e.to_string())?;
+        let guest = match Guest::boot_with(&self.runtime, &prepared, wasi, limits) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.guest_dir(&id));
+                return Err(e.to_string());
+            }
+        };
         let info = GuestInfo {
             id: guest.id().to_string(),
             name: spec.name,
@@ -409,7 +500,7 @@ impl Node {
         if info.id != id {
             std::fs::rename(self.guest_dir(&id), &dir).map_err(|e| e.to_string())?;
         }
-        self.start(info, guest, dir.join("log"), None)
+        self.start(info, guest, dir.join("log"), budget, None, true)
             .inspect_err(|_| drop(log))
     }
 
@@ -429,14 +520,18 @@ impl Node {
                 return Err(format!("guest {id} is already running on this node"));
             }
         }
-        let (log, out, err) = self.new_log(&id, b"")?;
-        let guest = Guest::restore(&self.runtime, &view, out, err)
+        let (log, out, err, budget) = self.new_log(&id, b"")?;
+        let mut guest = Guest::restore(&self.runtime, &view, out, err)
+            .map_err(|e| format!("cannot restore {}: {e}", path.display()))?;
+        self.config
+            .limits
+            .admit(&mut guest)
             .map_err(|e| format!("cannot restore {}: {e}", path.display()))?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.start(GuestInfo { id, name }, guest, log, None)
+        self.start(GuestInfo { id, name }, guest, log, budget, None, true)
     }
 
     /// The runner of a guest still on this node.
@@ -707,18 +802,42 @@ impl tern_migrate::DestHost for Dest {
                 return Err(format!("guest {} already runs on this node", guest.id));
             }
         }
-        let (_, out, err) = self.0.new_log(&guest.id, log)?;
+        let (_, out, err, budget) = self.0.new_log(&guest.id, log)?;
+        self.0
+            .arriving_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(guest.id.clone(), budget);
         Ok((out, err))
     }
-    fn adopt(&self, guest: GuestInfo, g: Guest, migration_id: &str, from_node: &str) {
+    fn adopt(&self, guest: GuestInfo, mut g: Guest, migration_id: &str, from_node: &str) {
         self.0.metrics.migrations_in.fetch_add(1, Ordering::Relaxed);
         // Back here: the image kept from when it left is out of date.
         self.0.departed.remove(&guest.id);
+        // The guest is ours now and must run: within this node's memory
+        // maximum when its memory allows, else as it came.
+        if let Err(e) = self.0.config.limits.admit(&mut g) {
+            log_event(
+                "memory_limit_kept",
+                serde_json::json!({ "guest": guest.id, "reason": e }),
+            );
+        }
         let log = self.0.guest_dir(&guest.id).join("log");
-        if let Err(e) = self
+        let budget = self
             .0
-            .start(guest.clone(), g, log, Some(from_node.to_string()))
-        {
+            .arriving_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&guest.id)
+            .unwrap_or_else(|| limits::LogBudget::new(self.0.config.limits.max_log, 0));
+        if let Err(e) = self.0.start(
+            guest.clone(),
+            g,
+            log,
+            budget,
+            Some(from_node.to_string()),
+            false,
+        ) {
             log_event(
                 "adopt_failed",
                 serde_json::json!({ "guest": guest.id, "migration": migration_id, "error": e }),
@@ -726,6 +845,11 @@ impl tern_migrate::DestHost for Dest {
         }
     }
     fn discard(&self, guest: &GuestInfo) {
+        self.0
+            .arriving_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&guest.id);
         if self.0.runner(&guest.id).is_none() {
             let _ = std::fs::remove_dir_all(self.0.guest_dir(&guest.id));
         }

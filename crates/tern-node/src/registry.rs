@@ -12,12 +12,24 @@ pub struct GuestRecord {
     pub id: String,
     /// Name (the module's file name unless given).
     pub name: String,
-    /// `running`, `paused`, `exited`, `failed`, `stopped`, `moved`, `lost`.
+    /// `running`, `paused`, `exited`, `failed`, `limited`, `stopped`,
+    /// `moved`, `lost`.
     pub state: String,
     /// Exit status once exited.
     pub exit_code: Option<i32>,
-    /// Failure message, for `failed`.
+    /// Failure message, for `failed`; how it ended, for `limited`.
     pub error: Option<String>,
+    /// For `limited`: the limit that ended it (`memory`, `table`, `fds`,
+    /// `log`).
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// The limits the guest runs under here.
+    #[serde(default)]
+    pub limits: Option<tern_vm::limits::Limits>,
+    /// How its CPU weight and quota are enforced here (`cgroup DIR`,
+    /// `nice N`).
+    #[serde(default)]
+    pub cpu_control: Option<String>,
     /// Node the guest moved to (address), for `moved`.
     pub moved_to: Option<String>,
     /// Migration that moved it away, for `moved`.

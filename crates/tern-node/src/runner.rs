@@ -5,6 +5,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 
 use tern_migrate::{GuestInfo, MigrateError, SourceGuest};
+
+use crate::cpu::Placement;
+use crate::limits::LogBudget;
 use tern_vm::memory::MemoryHandle;
 use tern_vm::{CaptureStats, Captured, Guest, Outcome, PauseHandle};
 
@@ -23,6 +26,15 @@ pub enum RunState {
     Stopped,
     /// Handed over to another node.
     Released,
+    /// Ended by one of its limits (`docs/limits.md`).
+    Limited {
+        /// Which: `memory`, `table`, `fds` or `log`.
+        limit: String,
+        /// One line saying how it ended.
+        message: String,
+        /// Its exit status, if it exited.
+        exit_code: Option<i32>,
+    },
 }
 
 impl RunState {
@@ -72,14 +84,19 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Starts `guest` (fresh or paused after a restore) on its own thread.
-    /// `on_final` runs on that thread when the guest will not run again.
+    /// Starts `guest` (fresh or paused after a restore) on its own thread,
+    /// which first enters the guest's CPU `placement`. The guest ends when
+    /// its output passes `budget`. `on_final` runs on that thread when the
+    /// guest will not run again.
     pub fn start(
         info: GuestInfo,
         guest: Guest,
         log: PathBuf,
+        budget: Arc<LogBudget>,
+        placement: Placement,
         on_final: OnFinal,
     ) -> Result<Arc<Runner>, String> {
+        budget.attach(guest.pause_handle());
         let memory = Arc::new(Mutex::new(Some(
             guest.memory_handle().map_err(|e| e.to_string())?,
         )));
@@ -104,7 +121,9 @@ impl Runner {
             .name(format!("guest-{}", info.id))
             .stack_size(tern_vm::GUEST_THREAD_STACK)
             .spawn(move || {
-                let (end, after) = drive(guest, &rx, &shared);
+                let cpu = placement.enter();
+                let (end, after) = drive(guest, &rx, &shared, &budget);
+                drop(cpu);
                 memory_in_thread
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -204,12 +223,49 @@ fn set(shared: &Shared, s: RunState) {
 
 type Released = Option<(Guest, AfterRelease)>;
 
-fn drive(mut guest: Guest, rx: &Receiver<Cmd>, shared: &Shared) -> (RunState, Released) {
+fn drive(
+    mut guest: Guest,
+    rx: &Receiver<Cmd>,
+    shared: &Shared,
+    budget: &LogBudget,
+) -> (RunState, Released) {
     loop {
-        match guest.run() {
-            Ok(Outcome::Exited(code)) => return (RunState::Exited(code), None),
-            Err(e) => return (RunState::Failed(e.to_string()), None),
-            Ok(Outcome::Paused) => {}
+        let ran = guest.run();
+        if budget.exhausted() {
+            // Paused (or ended) for its log: it ends here.
+            return (
+                RunState::Limited {
+                    limit: "log".into(),
+                    message: format!("ended: {}", budget.message()),
+                    exit_code: match ran {
+                        Ok(Outcome::Exited(c)) => Some(c),
+                        _ => None,
+                    },
+                },
+                None,
+            );
+        }
+        let hit = guest.limit_hit();
+        match (ran, hit) {
+            (Ok(Outcome::Exited(code)), Some(hit)) if code != 0 => {
+                let end = RunState::Limited {
+                    limit: hit.kind().into(),
+                    message: format!("ended by its {hit}: exit status {code}"),
+                    exit_code: Some(code),
+                };
+                return (end, None);
+            }
+            (Ok(Outcome::Exited(code)), _) => return (RunState::Exited(code), None),
+            (Err(e), Some(hit)) => {
+                let end = RunState::Limited {
+                    limit: hit.kind().into(),
+                    message: format!("trapped after reaching its {hit}: {e}"),
+                    exit_code: None,
+                };
+                return (end, None);
+            }
+            (Err(e), None) => return (RunState::Failed(e.to_string()), None),
+            (Ok(Outcome::Paused), _) => {}
         }
         set(shared, RunState::Paused);
         loop {

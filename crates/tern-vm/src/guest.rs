@@ -10,6 +10,7 @@ use wasmtime::{Caller, Global, Instance, Linker, Memory, Module, Store, TypedFun
 
 use crate::engine::Runtime;
 use crate::host::SavedHost;
+use crate::limits::{GuestLimiter, LimitHit, Limits};
 use crate::memory::MemoryHandle;
 use crate::store::{Control, StoreData};
 use crate::suspend::{self, AsyncifyFns, Entry, PendingCall};
@@ -80,6 +81,8 @@ pub struct Guest {
     /// that takes the buffer address.
     continuation: Option<(TypedFunc<(), ()>, Global)>,
     exited: Option<i32>,
+    /// The limits the guest runs under (saved with it).
+    limits: Limits,
 }
 
 /// Registers Tern's migration point, `tern.yield`.
@@ -139,13 +142,23 @@ impl Guest {
     fn instantiate(
         rt: &Runtime,
         module: &Module,
-        wasi: WasiCtx,
+        mut wasi: WasiCtx,
+        limits: &Limits,
     ) -> Result<(Store<StoreData>, Instance), VmError> {
-        let mut store = Store::new(&rt.engine, StoreData::new(wasi));
-        let instance = rt
-            .linker
-            .instantiate(&mut store, module)
-            .map_err(|e| VmError::Instantiate(e.to_string()))?;
+        check_initial_memory(module, limits)?;
+        wasi.set_max_fds(limits.max_fds);
+        let mut data = StoreData::new(wasi);
+        data.limiter = GuestLimiter::new(limits);
+        let mut store = Store::new(&rt.engine, data);
+        store.limiter(|d| &mut d.limiter);
+        let instance = rt.linker.instantiate(&mut store, module).map_err(|e| {
+            match store.data().limiter.hit {
+                Some(hit @ LimitHit::Memory { .. }) => {
+                    VmError::Limit(format!("the module's initial memory exceeds its {hit}"))
+                }
+                _ => VmError::Instantiate(e.to_string()),
+            }
+        })?;
         Ok((store, instance))
     }
 
@@ -159,6 +172,7 @@ impl Guest {
         original_digest: [u8; 32],
         prepared_digest: [u8; 32],
         guest_id: String,
+        limits: Limits,
     ) -> Result<Guest, VmError> {
         let memory = instance
             .get_memory(&mut store, "memory")
@@ -215,13 +229,27 @@ impl Guest {
             parked: None,
             continuation: None,
             exited: None,
+            limits,
         })
     }
 
-    /// Boots a new guest from a prepared module.
+    /// Boots a new guest from a prepared module, with the default
+    /// [`Limits`].
     pub fn boot(rt: &Runtime, prepared: &Prepared, wasi: WasiCtx) -> Result<Guest, VmError> {
+        Self::boot_with(rt, prepared, wasi, Limits::default())
+    }
+
+    /// Boots a new guest from a prepared module under `limits`. A module
+    /// whose initial memory already exceeds the memory limit is refused
+    /// ([`VmError::Limit`]).
+    pub fn boot_with(
+        rt: &Runtime,
+        prepared: &Prepared,
+        wasi: WasiCtx,
+        limits: Limits,
+    ) -> Result<Guest, VmError> {
         let module = rt.compile(&prepared.module, &prepared.prepared_digest)?;
-        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
+        let (store, instance) = Self::instantiate(rt, &module, wasi, &limits)?;
         Self::assemble(
             store,
             instance,
@@ -234,16 +262,19 @@ impl Guest {
             prepared.original_digest,
             prepared.prepared_digest,
             new_guest_id(),
+            limits,
         )
     }
 
     /// Boots an *unprepared* module: it runs exactly as on plain wasmtime
     /// (same engine, memory and WASI host) but cannot be paused or captured.
-    /// For comparisons and benchmarks.
+    /// For comparisons and benchmarks. Runs under the default [`Limits`]
+    /// ([`Guest::set_limits`] changes them).
     pub fn boot_original(rt: &Runtime, wasm: &[u8], wasi: WasiCtx) -> Result<Guest, VmError> {
+        let limits = Limits::default();
         let digest = tern_prepare::digest(wasm);
         let module = rt.compile(wasm, &digest)?;
-        let (store, instance) = Self::instantiate(rt, &module, wasi)?;
+        let (store, instance) = Self::instantiate(rt, &module, wasi, &limits)?;
         Self::assemble(
             store,
             instance,
@@ -256,6 +287,7 @@ impl Guest {
             digest,
             digest,
             new_guest_id(),
+            limits,
         )
     }
 
@@ -340,6 +372,46 @@ impl Guest {
         PauseHandle {
             control: self.store.data().control.clone(),
         }
+    }
+
+    /// The limits the guest runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Changes the guest's limits (e.g. a restore given new ones). Fails,
+    /// changing nothing, when the guest's memory is already larger than
+    /// the new memory limit; descriptors already open beyond a lower
+    /// descriptor limit stay open.
+    pub fn set_limits(&mut self, limits: Limits) -> Result<(), VmError> {
+        let have = self.memory.data_size(&self.store) as u64;
+        if let Some(max) = limits.max_memory {
+            if have > max {
+                return Err(VmError::Limit(format!(
+                    "the guest's memory of {} exceeds the memory limit of {}",
+                    crate::limits::size(have),
+                    crate::limits::size(max)
+                )));
+            }
+        }
+        let data = self.store.data_mut();
+        data.limiter.max_memory = GuestLimiter::new(&limits).max_memory;
+        data.wasi.set_max_fds(limits.max_fds);
+        self.limits = limits;
+        Ok(())
+    }
+
+    /// The last limit the guest ran into since it started (or was restored
+    /// here): memory or table growth refused, or an open refused for the
+    /// descriptor limit. Callers use it to say that a guest that then
+    /// failed ended by its limit.
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        let data = self.store.data();
+        data.limiter.hit.or_else(|| {
+            data.wasi.fds_refused().then_some(LimitHit::Fds {
+                limit: self.limits.max_fds,
+            })
+        })
     }
 
     /// The guest's id.
@@ -564,6 +636,7 @@ impl Guest {
             wasi: self.store.data_mut().wasi.save(),
             pending,
             generation: self.generation,
+            limits: self.limits,
         };
         let meta = self.meta();
         Ok(Captured {
@@ -644,7 +717,13 @@ impl Incoming {
         let placeholder =
             WasiCtx::new(Default::default()).map_err(|e| VmError::Instantiate(e.to_string()))?;
         let compiled = rt.compile(module, &meta.prepared_digest)?;
-        let (store, instance) = Guest::instantiate(rt, &compiled, placeholder)?;
+        // No limits while the memory is filled in: the guest's own come
+        // with its host state (`finish`).
+        let unlimited = Limits {
+            max_fds: u32::MAX,
+            ..Limits::default()
+        };
+        let (store, instance) = Guest::instantiate(rt, &compiled, placeholder, &unlimited)?;
         let mut guest = Guest::assemble(
             store,
             instance,
@@ -654,6 +733,7 @@ impl Incoming {
             meta.original_digest,
             meta.prepared_digest,
             meta.guest_id.clone(),
+            unlimited,
         )?;
         // Instantiation wrote the data segments: start from all zeroes.
         let mem = guest.memory.data_mut(&mut guest.store);
@@ -723,6 +803,7 @@ impl Incoming {
         let mut guest = self.guest;
         guest.load_globals(globals)?;
         guest.store.data_mut().wasi = wasi;
+        guest.set_limits(host.limits)?;
         guest.guest_id = host.guest_id.clone();
         guest.generation = host.generation + 1;
         if guest.transform.name == tern_prepare::unwind::TRANSFORM_NAME {
@@ -732,6 +813,27 @@ impl Incoming {
         }
         guest.parked = Some((stack, host.pending));
         Ok(guest)
+    }
+}
+
+/// Refuses a module whose memory starts larger than the memory limit, with
+/// a clearer message than the failed instantiation would give.
+fn check_initial_memory(module: &Module, limits: &Limits) -> Result<(), VmError> {
+    let Some(max) = limits.max_memory else {
+        return Ok(());
+    };
+    let initial = module.exports().find_map(|e| {
+        e.ty()
+            .memory()
+            .map(|m| m.minimum().saturating_mul(m.page_size()))
+    });
+    match initial {
+        Some(bytes) if bytes > max => Err(VmError::Limit(format!(
+            "the module's initial memory of {} exceeds the memory limit of {}",
+            crate::limits::size(bytes),
+            crate::limits::size(max)
+        ))),
+        _ => Ok(()),
     }
 }
 

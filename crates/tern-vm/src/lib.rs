@@ -22,6 +22,7 @@ pub mod dirty;
 mod engine;
 mod guest;
 pub mod host;
+pub mod limits;
 pub mod memory;
 mod precompiled;
 pub mod store;
@@ -67,6 +68,9 @@ pub enum VmError {
     /// Rewinding the guest's stack failed.
     #[error("rewinding the guest failed: {0}")]
     Rewind(String),
+    /// The guest would exceed one of its limits ([`limits::Limits`]).
+    #[error("{0}")]
+    Limit(String),
     /// Capturing the paused guest failed.
     #[error("capturing the guest failed: {0}")]
     Capture(String),

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::limits::{GuestLimiter, Limits};
 use crate::memory::PauseFlag;
 use crate::suspend::SuspendState;
 use crate::wasi::WasiCtx;
@@ -90,6 +91,8 @@ pub struct StoreData {
     /// flag, whether to stop (`tern-unwind`): a point that calls
     /// `tern.yield` has already decided, and the host starts unwinding.
     pub(crate) inline_points: bool,
+    /// Refuses memory and table growth past the guest's limits.
+    pub(crate) limiter: GuestLimiter,
 }
 
 impl StoreData {
@@ -101,6 +104,7 @@ impl StoreData {
             suspend: SuspendState::default(),
             skip_points: 0,
             inline_points: false,
+            limiter: GuestLimiter::new(&Limits::default()),
         }
     }
 

@@ -171,6 +171,10 @@ pub struct WasiCtx {
     pub(crate) fds: BTreeMap<u32, FdEntry>,
     pub(crate) clocks: Clocks,
     pub(crate) exit_status: Option<i32>,
+    /// Most descriptors the table may hold ([`crate::limits::Limits::max_fds`]).
+    pub(crate) max_fds: u32,
+    /// An open was refused for `max_fds`.
+    pub(crate) fds_refused: bool,
 }
 
 impl fmt::Debug for WasiCtx {
@@ -247,12 +251,25 @@ impl WasiCtx {
             fds,
             clocks: Clocks::new(),
             exit_status: None,
+            max_fds: crate::limits::DEFAULT_MAX_FDS,
+            fds_refused: false,
         })
     }
 
     /// The status the guest passed to `proc_exit`, once it has.
     pub fn exit_status(&self) -> Option<i32> {
         self.exit_status
+    }
+
+    /// Caps the descriptor table at `n` entries (stdio and preopens count):
+    /// opening past it fails with `EMFILE`. Descriptors already open stay.
+    pub fn set_max_fds(&mut self, n: u32) {
+        self.max_fds = n;
+    }
+
+    /// True once an open was refused for the descriptor limit.
+    pub fn fds_refused(&self) -> bool {
+        self.fds_refused
     }
 
     /// Flushes guest stdout and stderr sinks.
@@ -391,6 +408,8 @@ impl WasiCtx {
             fds,
             clocks: Clocks::resume(&state.clock),
             exit_status: state.exit_status,
+            max_fds: crate::limits::DEFAULT_MAX_FDS,
+            fds_refused: false,
         })
     }
 
@@ -405,8 +424,13 @@ impl WasiCtx {
         want
     }
 
-    /// Installs an entry at the lowest free descriptor number.
+    /// Installs an entry at the lowest free descriptor number; `EMFILE`
+    /// once the table holds `max_fds` entries.
     pub(crate) fn insert(&mut self, entry: FdEntry) -> Result<u32, Errno> {
+        if self.fds.len() >= self.max_fds as usize {
+            self.fds_refused = true;
+            return Err(Errno::Mfile);
+        }
         let fd = self.lowest_free_fd();
         if fd == u32::MAX {
             return Err(Errno::Mfile);

@@ -144,3 +144,24 @@ fn monotonic_clock_continues_across_restore() {
     let restored = WasiCtx::restore(&state, OutputSink::Inherit, OutputSink::Inherit).unwrap();
     assert!(restored.clocks.monotonic() >= state.clock.monotonic_ns);
 }
+
+#[test]
+fn opening_past_the_descriptor_limit_fails_with_emfile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctx = ctx_with_root(dir.path());
+    // stdio and the preopen take fds 0-3: room for one more.
+    ctx.set_max_fds(5);
+    let fd = ctx
+        .path_open(3, 0, b"a.txt", OFLAGS_CREAT, RW, 0, 0)
+        .unwrap();
+    assert_eq!(fd, 4);
+    assert!(!ctx.fds_refused());
+    assert_eq!(
+        ctx.path_open(3, 0, b"b.txt", OFLAGS_CREAT, RW, 0, 0),
+        Err(Errno::Mfile)
+    );
+    assert!(ctx.fds_refused());
+    // Closing one makes room again.
+    ctx.fd_close(fd).unwrap();
+    assert_eq!(ctx.path_open(3, 0, b"b.txt", OFLAGS_CREAT, RW, 0, 0), Ok(4));
+}
