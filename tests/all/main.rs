@@ -5,5 +5,6 @@ mod badinput;
 mod checkpoint;
 mod cross;
 mod migrate;
+mod sandbox;
 mod support;
 mod wasi_prepared;
