@@ -103,6 +103,8 @@ pub(crate) struct FdEntry {
 }
 
 impl FdEntry {
+    /// `root` joined with `rel`, for messages only: paths are resolved
+    /// beneath the directory descriptor, never through this.
     pub(crate) fn host_path(&self) -> PathBuf {
         if self.rel.as_os_str().is_empty() {
             self.root.clone()
