@@ -17,7 +17,7 @@ root=$(dirname "$here")
 out=${1:-"$root/target/guests"}
 cc=${CC:-clang}
 flags="--target=wasm32-wasi -O2 -Wall -Wextra"
-guests="hello ep dirtier filerw clock recurse dispatch hog"
+guests="hello ep dirtier filerw clock recurse dispatch hog openloop"
 pkgs="clang lld wasi-libc libclang-rt-14-dev-wasm32"
 
 die() {

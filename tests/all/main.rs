@@ -6,6 +6,7 @@ mod checkpoint;
 mod cross;
 mod limits;
 mod migrate;
+mod sandbox;
 mod security;
 mod support;
 mod wasi_prepared;

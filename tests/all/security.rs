@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::migrate::*;
+use crate::migrate::{detach, migrate, ok, reference, wait_and_log, NodeProc};
 use crate::support::*;
 
 /// A guest dirtying 32 MiB at 20 MB/s for about 4 s; its output does not

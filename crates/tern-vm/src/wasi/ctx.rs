@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
+use super::beneath::{open_beneath, Strategy};
 use super::clock::Clocks;
 use super::errno::Errno;
 use super::state::{FdKind, FdState, FileIdentity, PreopenState, RestoreError, WasiState};
@@ -84,9 +87,10 @@ pub(crate) enum Handle {
 /// One open descriptor.
 pub(crate) struct FdEntry {
     pub(crate) handle: Handle,
-    /// Host root of the sandbox this entry lives in.
+    /// Host root of the sandbox this entry lives in: the preopen's host path.
     pub(crate) root: PathBuf,
-    /// Path below `root`.
+    /// Path below `root` as the guest spelled it (see `fs::rel_join`); only
+    /// ever resolved beneath `root`, never used as a host path.
     pub(crate) rel: PathBuf,
     pub(crate) guest_path: String,
     pub(crate) preopen: Option<String>,
@@ -99,6 +103,8 @@ pub(crate) struct FdEntry {
 }
 
 impl FdEntry {
+    /// `root` joined with `rel`, for messages only: paths are resolved
+    /// beneath the directory descriptor, never through this.
     pub(crate) fn host_path(&self) -> PathBuf {
         if self.rel.as_os_str().is_empty() {
             self.root.clone()
@@ -331,8 +337,9 @@ impl WasiCtx {
         }
     }
 
-    /// Rebuilds live state from a capture: reopens every file by host path
-    /// (checking it is unchanged) and continues the clocks. Either everything
+    /// Rebuilds live state from a capture: reopens every file and directory
+    /// by its path resolved beneath its preopen (checking a file is
+    /// unchanged) and continues the clocks. Either everything
     /// is reopened or an error naming the first offending path is returned.
     pub fn restore(
         state: &WasiState,
@@ -358,6 +365,7 @@ impl WasiCtx {
         let mut stdout = Some(stdout);
         let mut stderr = Some(stderr);
         let mut fds = BTreeMap::new();
+        let mut roots = BTreeMap::new();
         for s in &state.fds {
             let handle = match s.kind {
                 FdKind::Stdin => Handle::Stdin,
@@ -372,14 +380,9 @@ impl WasiCtx {
                         .ok_or_else(|| RestoreError::Invalid("stderr appears twice".into()))?,
                 ),
                 FdKind::Dir => {
-                    let dir = open_dir(&s.host_path).map_err(|source| RestoreError::Reopen {
-                        fd: s.fd,
-                        path: s.host_path.clone(),
-                        source,
-                    })?;
-                    Handle::Dir(dir)
+                    Handle::Dir(reopen(s, &mut roots, OFlags::RDONLY | OFlags::DIRECTORY)?)
                 }
-                FdKind::File => Handle::File(reopen_file(s)?),
+                FdKind::File => Handle::File(reopen_file(s, &mut roots)?),
             };
             if fds.contains_key(&s.fd) {
                 return Err(RestoreError::Invalid(format!("fd {} appears twice", s.fd)));
@@ -689,20 +692,52 @@ pub(crate) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
         .saturating_add(m.mtime_nsec())
 }
 
-fn reopen_file(s: &FdState) -> Result<File, RestoreError> {
-    let mut flags = OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    flags |= match (s.read, s.write) {
+/// Opens `s.rel` beneath its preopen `s.root` (opened once per root), as
+/// any guest path is: the saved form is a guest-relative description and
+/// is never trusted as a host path.
+fn reopen(
+    s: &FdState,
+    roots: &mut BTreeMap<PathBuf, File>,
+    flags: OFlags,
+) -> Result<File, RestoreError> {
+    let err = |source: io::Error| RestoreError::Reopen {
+        fd: s.fd,
+        path: s.host_path.clone(),
+        source,
+    };
+    if s.root.as_os_str().is_empty() {
+        return Err(RestoreError::Invalid(format!(
+            "fd {} has no preopened directory",
+            s.fd
+        )));
+    }
+    let root = match roots.entry(s.root.clone()) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => v.insert(open_dir(&s.root).map_err(err)?),
+    };
+    let rel = match s.rel.as_os_str().as_bytes() {
+        b"" => b".",
+        rel => rel,
+    };
+    let fd = open_beneath(root.as_fd(), rel, flags, Mode::empty(), Strategy::Auto).map_err(
+        |e| match e {
+            rustix::io::Errno::XDEV => err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the path leads outside its preopened directory",
+            )),
+            e => err(e.into()),
+        },
+    )?;
+    Ok(File::from(fd))
+}
+
+fn reopen_file(s: &FdState, roots: &mut BTreeMap<PathBuf, File>) -> Result<File, RestoreError> {
+    let flags = match (s.read, s.write) {
         (_, false) => OFlags::RDONLY,
         (false, true) => OFlags::WRONLY,
         (true, true) => OFlags::RDWR,
     };
-    let fd =
-        rustix::fs::open(&s.host_path, flags, Mode::empty()).map_err(|e| RestoreError::Reopen {
-            fd: s.fd,
-            path: s.host_path.clone(),
-            source: e.into(),
-        })?;
-    let file = File::from(fd);
+    let file = reopen(s, roots, flags)?;
     if let Some(id) = s.identity {
         let m = file.metadata().map_err(|source| RestoreError::Reopen {
             fd: s.fd,

@@ -1,68 +1,45 @@
-//! Files, directories and sandboxed path resolution.
+//! Files, directories and sandboxed path calls.
 //!
-//! Guest paths are resolved by hand, one component at a time, beneath the
-//! directory descriptor they are relative to (that directory is the sandbox
-//! boundary, as with `openat2(RESOLVE_BENEATH)`). Every intermediate
-//! component is checked with `lstat`; symbolic links are expanded here (never
-//! by the host kernel), `..` may not climb above the root, and absolute paths
-//! or absolute link targets are refused with `ENOTCAPABLE`. The host call then
-//! gets a path whose only possibly-symbolic component is the last one, and is
-//! told not to follow it unless the guest asked to (in which case it has
-//! already been expanded here).
+//! Every path call resolves the guest path beneath the directory descriptor
+//! it is relative to (see [`beneath`](super::beneath)): the kernel, through
+//! `openat2(RESOLVE_BENEATH)`, or a walk that holds a descriptor for every
+//! step, judges each component when it meets it, so a directory swapped for
+//! a symbolic link by another process cannot lead the call outside. Calls
+//! that act on a name (`mkdirat`, `unlinkat`, `renameat`, `symlinkat`,
+//! `linkat`, `readlinkat`, `utimensat`) get the directory holding the last
+//! component as a descriptor and the component itself; calls that follow
+//! the path to its end open it beneath the directory and act on the result.
+//! No host path string is ever built from a guest path.
 
-use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::time::Timespec;
 
+use super::beneath::{self, Entry, Strategy};
 use super::ctx::{FdEntry, Handle, WasiCtx};
 use super::errno::Errno;
 use super::types::*;
 
-/// Most symbolic links followed while resolving one path.
-const MAX_SYMLINKS: usize = 40;
-
-/// A guest path resolved inside its sandbox.
-#[derive(Debug, Clone)]
-pub(crate) struct Resolved {
-    /// What to hand to the host call. Ends in `/` when the guest path had a
-    /// trailing slash and in `/.` when its last component was `.` or `..`, so
-    /// the host applies the matching POSIX rules.
-    pub(crate) host: PathBuf,
-    /// Normalised location below the root.
-    pub(crate) rel: PathBuf,
-}
-
-fn join(root: &Path, stack: &[OsString]) -> PathBuf {
-    let mut p = root.to_path_buf();
-    for c in stack {
-        p.push(c);
+/// The WASI error for a failed resolution: leaving the directory is
+/// `ENOTCAPABLE`, anything else keeps its host meaning.
+fn resolve_errno(e: rustix::io::Errno) -> Errno {
+    if e == rustix::io::Errno::XDEV {
+        Errno::Notcapable
+    } else {
+        e.into()
     }
-    p
 }
 
-fn split(path: &[u8]) -> VecDeque<Vec<u8>> {
-    path.split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// Resolves `path` relative to `base` (a directory below `root`, which `..`
-/// and symbolic links may not leave), following a final symbolic link only
-/// when `follow` is set.
-pub(crate) fn resolve(
-    root: &Path,
-    base: &Path,
-    path: &[u8],
-    follow: bool,
-) -> Result<Resolved, Errno> {
+/// Checks what the host cannot: a NUL byte is `EILSEQ` and an absolute path
+/// `ENOTCAPABLE` (the guest never holds `/`).
+fn check_path(path: &[u8]) -> Result<(), Errno> {
     if path.is_empty() {
         return Err(Errno::Noent);
     }
@@ -72,94 +49,62 @@ pub(crate) fn resolve(
     if path[0] == b'/' {
         return Err(Errno::Notcapable);
     }
-    let mut stack: Vec<OsString> = base
-        .components()
-        .map(|c| c.as_os_str().to_os_string())
-        .collect();
-    let mut pending = split(path);
-    let mut trailing = path.ends_with(b"/");
-    let mut final_dot = false;
-    let mut links = 0usize;
-    while let Some(c) = pending.pop_front() {
-        let last = pending.is_empty();
-        if c == b"." || c == b".." {
-            if c == b".." && stack.pop().is_none() {
-                return Err(Errno::Notcapable);
-            }
-            final_dot = last;
-            continue;
-        }
-        final_dot = false;
-        let name = OsString::from_vec(c);
-        if last && !follow && !trailing {
-            stack.push(name);
-            continue;
-        }
-        let mut here = join(root, &stack);
-        here.push(&name);
-        match std::fs::symlink_metadata(&here) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = std::fs::read_link(&here)?.into_os_string().into_vec();
-                if last && !follow {
-                    // Trailing slash without following: the host will follow
-                    // this link itself, so make sure it stays in the sandbox.
-                    let mut t = target.clone();
-                    t.push(b'/');
-                    match resolve(root, &join(Path::new(""), &stack), &t, true) {
-                        Err(Errno::Notcapable) => return Err(Errno::Notcapable),
-                        Err(Errno::Loop) => return Err(Errno::Loop),
-                        _ => {}
-                    }
-                    stack.push(name);
-                    continue;
-                }
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(Errno::Loop);
-                }
-                if target.is_empty() {
-                    return Err(Errno::Noent);
-                }
-                if target[0] == b'/' {
-                    return Err(Errno::Notcapable);
-                }
-                if last && target.ends_with(b"/") {
-                    trailing = true;
-                }
-                for part in split(&target).into_iter().rev() {
-                    pending.push_front(part);
-                }
-                if pending.is_empty() {
-                    // A link to "." or similar: refers to the current dir.
-                    final_dot = last;
-                }
-            }
-            Ok(m) => {
-                if !last && !m.is_dir() {
-                    return Err(Errno::Notdir);
-                }
-                stack.push(name);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !last {
-                    return Err(Errno::Noent);
-                }
-                stack.push(name);
-            }
-            Err(e) => return Err(e.into()),
+    Ok(())
+}
+
+/// Opens `path` beneath `dir`: see [`beneath::open_beneath`].
+pub(crate) fn open_at(
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    check_path(path)?;
+    beneath::open_beneath(dir, path, flags, mode, Strategy::Auto).map_err(resolve_errno)
+}
+
+/// The directory holding the last component of `path` beneath `dir`, and
+/// that component: see [`beneath::entry_beneath`].
+fn entry_at<'a>(dir: BorrowedFd<'a>, path: &[u8]) -> Result<Entry<'a>, Errno> {
+    check_path(path)?;
+    beneath::entry_beneath(dir, path, Strategy::Auto).map_err(resolve_errno)
+}
+
+/// Opens what `path` leads to for inspection only (`O_PATH`), following a
+/// final symbolic link when `follow` is set (or the path ends in `/`).
+fn open_path_at(dir: BorrowedFd<'_>, path: &[u8], follow: bool) -> Result<File, Errno> {
+    let mut flags = OFlags::PATH;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    Ok(File::from(open_at(dir, path, flags, Mode::empty())?))
+}
+
+/// The saved description of a descriptor opened as `path` from a directory
+/// saved as `base`: `base` and `path` joined, with empty and `.` components
+/// dropped. `..` and symbolic links are kept as the guest wrote them: a
+/// restore resolves the result beneath the preopen again, which leads to
+/// the same place as long as the tree is unchanged.
+pub(crate) fn rel_join(base: &Path, path: &[u8]) -> PathBuf {
+    let mut rel = base.to_path_buf();
+    for c in path.split(|&b| b == b'/') {
+        if !c.is_empty() && c != b"." {
+            rel.push(OsStr::from_bytes(c));
         }
     }
-    let rel = join(Path::new(""), &stack);
-    let mut host = join(root, &stack).into_os_string();
-    if final_dot {
-        host.push("/.");
-    } else if trailing {
-        host.push("/");
+    rel
+}
+
+fn filetype_of_raw(ft: FileType) -> u8 {
+    match ft {
+        FileType::Directory => FILETYPE_DIRECTORY,
+        FileType::RegularFile => FILETYPE_REGULAR_FILE,
+        FileType::Symlink => FILETYPE_SYMBOLIC_LINK,
+        FileType::BlockDevice => FILETYPE_BLOCK_DEVICE,
+        FileType::CharacterDevice => FILETYPE_CHARACTER_DEVICE,
+        FileType::Socket => FILETYPE_SOCKET_STREAM,
+        _ => FILETYPE_UNKNOWN,
     }
-    Ok(Resolved {
-        host: PathBuf::from(host),
-        rel,
-    })
 }
 
 fn read_full_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<usize> {
@@ -228,9 +173,13 @@ impl WasiCtx {
         Ok(e)
     }
 
-    fn resolve_at(&self, fd: u32, path: &[u8], follow: bool) -> Result<Resolved, Errno> {
-        let d = self.dir(fd)?;
-        resolve(&d.host_path(), Path::new(""), path, follow)
+    /// The open directory behind descriptor `fd`, which paths are resolved
+    /// beneath.
+    fn dir_fd(&self, fd: u32) -> Result<BorrowedFd<'_>, Errno> {
+        match &self.dir(fd)?.handle {
+            Handle::Dir(d) => Ok(d.as_fd()),
+            _ => Err(Errno::Notdir),
+        }
     }
 
     // ----- reading and writing ------------------------------------------------
@@ -516,19 +465,24 @@ impl WasiCtx {
             Handle::Dir(d) => d,
             _ => return Err(Errno::Notdir),
         };
-        let host = e.host_path();
         let self_ino = dir.metadata()?.ino();
-        let parent_ino = std::fs::metadata(host.join(".."))
-            .map(|m| m.ino())
+        let parent_ino = rustix::fs::statat(dir, c"..", AtFlags::empty())
+            .map(|st| st.st_ino)
             .unwrap_or(self_ino);
         let mut names: Vec<(Vec<u8>, u64, u8)> = Vec::new();
-        for ent in std::fs::read_dir(&host)? {
+        for ent in rustix::fs::Dir::read_from(dir)? {
             let ent = ent?;
-            let ty = ent
-                .file_type()
-                .map(|t| filetype_of(&t))
-                .unwrap_or(FILETYPE_UNKNOWN);
-            names.push((ent.file_name().into_vec(), ent.ino(), ty));
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let ty = match ent.file_type() {
+                FileType::Unknown => rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| filetype_of_raw(FileType::from_raw_mode(st.st_mode)))
+                    .unwrap_or(FILETYPE_UNKNOWN),
+                ft => filetype_of_raw(ft),
+            };
+            names.push((name.to_vec(), ent.ino(), ty));
         }
         // Sorted by name: cookies are indices into this listing, which makes
         // them stable without any saved state (also across a restore).
@@ -580,21 +534,17 @@ impl WasiCtx {
         if fdflags & !FDFLAGS_ALL != 0 {
             return Err(Errno::Inval);
         }
-        let r = resolve(&d.host_path(), Path::new(""), path, follow)?;
-        let rel = if r.rel.as_os_str().is_empty() {
-            d.rel.clone()
-        } else {
-            d.rel.join(&r.rel)
-        };
         // Directories may carry FD_DATASYNC, so it does not imply writing.
         let write = base & (RIGHT_FD_WRITE | RIGHT_FD_ALLOCATE | RIGHT_FD_FILESTAT_SET_SIZE) != 0;
         let read = base & (RIGHT_FD_READ | RIGHT_FD_READDIR) != 0 || !write;
-        let mut fl = OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        fl |= match (read, write) {
+        let mut fl = match (read, write) {
             (true, true) => OFlags::RDWR,
             (false, true) => OFlags::WRONLY,
             _ => OFlags::RDONLY,
         };
+        if !follow {
+            fl |= OFlags::NOFOLLOW;
+        }
         if oflags & OFLAGS_CREAT != 0 {
             fl |= OFlags::CREATE;
         }
@@ -619,12 +569,13 @@ impl WasiCtx {
         if fdflags & FDFLAGS_RSYNC != 0 {
             fl |= OFlags::RSYNC;
         }
-        let owned = rustix::fs::open(&r.host, fl, Mode::from_raw_mode(0o666))?;
-        let file = File::from(owned);
+        let dir = self.dir_fd(fd)?;
+        let file = File::from(open_at(dir, path, fl, Mode::from_raw_mode(0o666))?);
         let is_dir = file.metadata()?.is_dir();
         let parent_inh = d.inheriting;
         let guest_path = guest_join(&d.guest_path, path);
         let root = d.root.clone();
+        let rel = rel_join(&d.rel, path);
         let (handle, mask) = if is_dir {
             (Handle::Dir(file), RIGHTS_DIR)
         } else {
@@ -647,20 +598,20 @@ impl WasiCtx {
     }
 
     pub(crate) fn path_create_directory(&mut self, fd: u32, path: &[u8]) -> Result<(), Errno> {
-        let r = self.resolve_at(fd, path, false)?;
-        std::fs::create_dir(&r.host)?;
+        let e = entry_at(self.dir_fd(fd)?, path)?;
+        rustix::fs::mkdirat(e.dir(), e.at_name(), Mode::from_raw_mode(0o777))?;
         Ok(())
     }
 
     pub(crate) fn path_remove_directory(&mut self, fd: u32, path: &[u8]) -> Result<(), Errno> {
-        let r = self.resolve_at(fd, path, false)?;
-        std::fs::remove_dir(&r.host)?;
+        let e = entry_at(self.dir_fd(fd)?, path)?;
+        rustix::fs::unlinkat(e.dir(), e.at_name(), AtFlags::REMOVEDIR)?;
         Ok(())
     }
 
     pub(crate) fn path_unlink_file(&mut self, fd: u32, path: &[u8]) -> Result<(), Errno> {
-        let r = self.resolve_at(fd, path, false)?;
-        std::fs::remove_file(&r.host)?;
+        let e = entry_at(self.dir_fd(fd)?, path)?;
+        rustix::fs::unlinkat(e.dir(), e.at_name(), AtFlags::empty())?;
         Ok(())
     }
 
@@ -671,9 +622,9 @@ impl WasiCtx {
         new_fd: u32,
         new: &[u8],
     ) -> Result<(), Errno> {
-        let a = self.resolve_at(fd, old, false)?;
-        let b = self.resolve_at(new_fd, new, false)?;
-        std::fs::rename(&a.host, &b.host)?;
+        let a = entry_at(self.dir_fd(fd)?, old)?;
+        let b = entry_at(self.dir_fd(new_fd)?, new)?;
+        rustix::fs::renameat(a.dir(), a.at_name(), b.dir(), b.at_name())?;
         Ok(())
     }
 
@@ -685,8 +636,8 @@ impl WasiCtx {
         if target.first() == Some(&b'/') {
             return Err(Errno::Notcapable);
         }
-        let r = self.resolve_at(fd, new, false)?;
-        std::os::unix::fs::symlink(OsStr::from_bytes(target), &r.host)?;
+        let e = entry_at(self.dir_fd(fd)?, new)?;
+        rustix::fs::symlinkat(OsStr::from_bytes(target), e.dir(), e.at_name())?;
         Ok(())
     }
 
@@ -699,8 +650,15 @@ impl WasiCtx {
         len: u32,
         out: u32,
     ) -> Result<(), Errno> {
-        let r = self.resolve_at(fd, path, false)?;
-        let target = std::fs::read_link(&r.host)?.into_os_string().into_vec();
+        let dir = self.dir_fd(fd)?;
+        let e = entry_at(dir, path)?;
+        if e.trailing() {
+            // The host would follow a final link to the directory the `/`
+            // asks for, and that is not a link: only its errors remain.
+            open_path_at(dir, path, true)?;
+            return Err(Errno::Inval);
+        }
+        let target = rustix::fs::readlinkat(e.dir(), e.name(), Vec::new())?.into_bytes();
         let n = target.len().min(len as usize);
         mem.write_bytes(buf, &target[..n])?;
         mem.write_u32(out, n as u32)
@@ -717,9 +675,16 @@ impl WasiCtx {
         if old_flags & LOOKUPFLAGS_SYMLINK_FOLLOW != 0 {
             return Err(Errno::Inval);
         }
-        let a = self.resolve_at(old_fd, old, false)?;
-        let b = self.resolve_at(new_fd, new, false)?;
-        std::fs::hard_link(&a.host, &b.host)?;
+        let old_dir = self.dir_fd(old_fd)?;
+        let a = entry_at(old_dir, old)?;
+        let b = entry_at(self.dir_fd(new_fd)?, new)?;
+        if a.trailing() {
+            // The host would follow a final link to a directory, and
+            // directories cannot be hard-linked.
+            open_path_at(old_dir, old, true)?;
+            return Err(Errno::Perm);
+        }
+        rustix::fs::linkat(a.dir(), a.name(), b.dir(), b.at_name(), AtFlags::empty())?;
         Ok(())
     }
 
@@ -732,13 +697,8 @@ impl WasiCtx {
         out: u32,
     ) -> Result<(), Errno> {
         let follow = flags & LOOKUPFLAGS_SYMLINK_FOLLOW != 0;
-        let r = self.resolve_at(fd, path, follow)?;
-        let m = if follow {
-            std::fs::metadata(&r.host)?
-        } else {
-            std::fs::symlink_metadata(&r.host)?
-        };
-        Filestat::from_metadata(&m).write(mem, out)
+        let f = open_path_at(self.dir_fd(fd)?, path, follow)?;
+        Filestat::from_metadata(&f.metadata()?).write(mem, out)
     }
 
     #[allow(clippy::too_many_arguments, reason = "mirrors the WASI signature")]
@@ -753,13 +713,18 @@ impl WasiCtx {
     ) -> Result<(), Errno> {
         let ts = timestamps(atim, mtim, fst)?;
         let follow = flags & LOOKUPFLAGS_SYMLINK_FOLLOW != 0;
-        let r = self.resolve_at(fd, path, follow)?;
-        let at = if follow {
-            AtFlags::empty()
-        } else {
-            AtFlags::SYMLINK_NOFOLLOW
-        };
-        rustix::fs::utimensat(rustix::fs::CWD, &r.host, &ts, at)?;
+        let dir = self.dir_fd(fd)?;
+        if !follow {
+            let e = entry_at(dir, path)?;
+            if !e.trailing() {
+                rustix::fs::utimensat(e.dir(), e.name(), &ts, AtFlags::SYMLINK_NOFOLLOW)?;
+                return Ok(());
+            }
+        }
+        // Followed to the end (also by a trailing `/`): act on what the
+        // path leads to, never on a name the host would follow again.
+        let f = open_path_at(dir, path, true)?;
+        rustix::fs::utimensat(&f, c"", &ts, AtFlags::EMPTY_PATH)?;
         Ok(())
     }
 }
@@ -778,40 +743,43 @@ mod tests {
         std::os::unix::fs::symlink("../../etc", root.join("d/out")).unwrap();
         std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let dir = File::open(root).unwrap();
+        let fd = dir.as_fd();
+        let ino = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().ino();
+        let got = |path: &[u8], follow| {
+            open_path_at(fd, path, follow).map(|f| f.metadata().unwrap().ino())
+        };
 
-        let r = resolve(root, Path::new(""), b"d/./up", true).unwrap();
-        assert_eq!(r.rel, Path::new("d/f"));
-        let r = resolve(root, Path::new("d"), b"../d//f", false).unwrap();
-        assert_eq!(r.host, root.join("d/f"));
+        assert_eq!(got(b"d/./up", true), Ok(ino("d/f")));
+        assert_eq!(got(b"d/../d//f", false), Ok(ino("d/f")));
+        assert_eq!(got(b"..", false), Err(Errno::Notcapable));
+        assert_eq!(got(b"d/../..", false), Err(Errno::Notcapable));
+        assert_eq!(got(b"/etc", false), Err(Errno::Notcapable));
+        assert_eq!(got(b"d/out/passwd", false), Err(Errno::Notcapable));
+        assert_eq!(got(b"abs", true), Err(Errno::Notcapable));
+        // Not following the final link gives the link itself.
+        assert_eq!(got(b"abs", false), Ok(ino("abs")));
+        assert_eq!(got(b"loop", true), Err(Errno::Loop));
+        assert_eq!(got(b"d/f/x", false), Err(Errno::Notdir));
+        assert_eq!(got(b"d\0f", false), Err(Errno::Ilseq));
+        assert_eq!(got(b"", false), Err(Errno::Noent));
+        // A trailing slash makes the host follow: an escape is refused even
+        // for calls that do not follow.
+        assert_eq!(entry_at(fd, b"abs/").unwrap_err(), Errno::Notcapable);
+        let e = entry_at(fd, b"d/up").unwrap();
+        assert_eq!(e.name(), b"up");
         assert_eq!(
-            resolve(root, Path::new(""), b"..", false).unwrap_err(),
-            Errno::Notcapable
+            rustix::fs::statat(e.dir(), e.name(), AtFlags::empty())
+                .unwrap()
+                .st_ino,
+            ino("d/f")
         );
-        assert_eq!(
-            resolve(root, Path::new(""), b"/etc", false).unwrap_err(),
-            Errno::Notcapable
-        );
-        assert_eq!(
-            resolve(root, Path::new(""), b"d/out/passwd", false).unwrap_err(),
-            Errno::Notcapable
-        );
-        assert_eq!(
-            resolve(root, Path::new(""), b"abs", true).unwrap_err(),
-            Errno::Notcapable
-        );
-        // Not following the final link leaves it to the host call.
-        assert!(resolve(root, Path::new(""), b"abs", false).is_ok());
-        assert_eq!(
-            resolve(root, Path::new(""), b"loop", true).unwrap_err(),
-            Errno::Loop
-        );
-        assert_eq!(
-            resolve(root, Path::new(""), b"d/f/x", false).unwrap_err(),
-            Errno::Notdir
-        );
-        assert_eq!(
-            resolve(root, Path::new(""), b"abs/", false).unwrap_err(),
-            Errno::Notcapable
-        );
+    }
+
+    #[test]
+    fn saved_paths_keep_the_guest_spelling() {
+        assert_eq!(rel_join(Path::new(""), b"d/./x//f/"), Path::new("d/x/f"));
+        assert_eq!(rel_join(Path::new("a"), b"l/../f"), Path::new("a/l/../f"));
+        assert_eq!(rel_join(Path::new("a"), b"."), Path::new("a"));
     }
 }

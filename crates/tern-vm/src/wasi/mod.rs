@@ -6,8 +6,8 @@
 //!
 //! - [`WasiCtx`] is the live state: open host files, output sinks, clocks.
 //! - [`WasiState`] is plain serde data: arguments, environment, preopens and
-//!   every descriptor with its host path, offset, flags, rights and a file
-//!   identity check. [`WasiCtx::save`] and [`WasiCtx::restore`] convert.
+//!   every descriptor with its path below its preopen, offset, flags, rights
+//!   and a file identity check. [`WasiCtx::save`] and [`WasiCtx::restore`] convert.
 //!
 //! [`add_to_linker`] defines all preview1 imports. File offsets are kept in
 //! the descriptor table (reads and writes are positional), so they are always
@@ -15,6 +15,8 @@
 //! in short slices and suspend the guest when a pause is requested, recording
 //! a [`Pending`] to continue from. See `docs/wasi.md`.
 
+#[doc(hidden)]
+pub mod beneath;
 mod clock;
 mod ctx;
 mod errno;

@@ -72,9 +72,11 @@ pub struct FdState {
     /// Host root of the preopen this descriptor was opened under (empty for
     /// stdio). Paths are resolved inside it.
     pub root: PathBuf,
-    /// Path relative to `root` (empty for the root itself and for stdio).
+    /// Path relative to `root` as the guest spelled it (empty for the root
+    /// itself and for stdio): symbolic links and `..` may remain. A restore
+    /// resolves it beneath `root` as it resolves any guest path.
     pub rel: PathBuf,
-    /// `root` joined with `rel`: the host path that is reopened.
+    /// `root` joined with `rel`, for messages only: it is never opened.
     pub host_path: PathBuf,
     /// The guest path, for messages.
     pub guest_path: String,

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use super::ctx::Handle;
 use super::types::*;
 use super::*;
 
@@ -164,4 +165,105 @@ fn opening_past_the_descriptor_limit_fails_with_emfile() {
     // Closing one makes room again.
     ctx.fd_close(fd).unwrap();
     assert_eq!(ctx.path_open(3, 0, b"b.txt", OFLAGS_CREAT, RW, 0, 0), Ok(4));
+}
+
+#[test]
+fn restore_resolves_saved_paths_beneath_the_preopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join("d/e")).unwrap();
+    std::fs::create_dir(tmp.path().join("outside")).unwrap();
+    std::fs::write(root.join("d/e/f"), b"inside").unwrap();
+    std::fs::write(tmp.path().join("outside/f"), b"secret").unwrap();
+    std::os::unix::fs::symlink("d/e", root.join("l")).unwrap();
+    let mut ctx = ctx_with_root(&root);
+    // Through a link inside the preopen, and from a directory descriptor.
+    let file = ctx.path_open(3, 0, b"l/./f", 0, RW, 0, 0).unwrap();
+    let dir = ctx
+        .path_open(3, 0, b"d/e/..", OFLAGS_DIRECTORY, 0, !0, 0)
+        .unwrap();
+    let file2 = ctx.path_open(dir, 0, b"e//f", 0, RW, 0, 0).unwrap();
+    let state = ctx.save();
+    let rel = |fd| state.fds.iter().find(|f| f.fd == fd).unwrap().rel.clone();
+    assert_eq!(rel(file), std::path::Path::new("l/f"));
+    assert_eq!(rel(file2), std::path::Path::new("d/e/../e/f"));
+    drop(ctx);
+
+    let ctx = WasiCtx::restore(&state, OutputSink::Inherit, OutputSink::Inherit).unwrap();
+    for fd in [file, file2] {
+        let Handle::File(f) = &ctx.entry(fd).unwrap().handle else {
+            panic!("fd {fd} is not a file");
+        };
+        assert_eq!(std::io::read_to_string(f).unwrap(), "inside");
+    }
+    drop(ctx);
+
+    // A saved path is never trusted as a host path.
+    let mut bad = state.clone();
+    let f = bad.fds.iter_mut().find(|f| f.fd == file).unwrap();
+    f.rel = "../outside/f".into();
+    f.identity = None;
+    let err = WasiCtx::restore(&bad, OutputSink::Inherit, OutputSink::Inherit).unwrap_err();
+    assert!(matches!(err, RestoreError::Reopen { .. }), "{err}");
+    assert!(err.to_string().contains("outside its preopened"), "{err}");
+}
+
+/// The race of `tests/all/sandbox.rs` without a guest: `path_open` on a
+/// path while another thread swaps a directory on it with a symbolic link
+/// that leads out of the preopen.
+#[test]
+fn path_open_never_follows_a_swapped_in_link_out() {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("d/x")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("outside/x")).unwrap();
+    std::fs::write(data.join("d/x/f"), b"inside").unwrap();
+    std::fs::write(tmp.path().join("outside/x/f"), b"outside").unwrap();
+    std::os::unix::fs::symlink("../outside", data.join("swap")).unwrap();
+    let mut ctx = ctx_with_root(&data);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, d, swap) = (stop.clone(), data.join("d"), data.join("swap"));
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                renameat_with(CWD, &d, CWD, &swap, RenameFlags::EXCHANGE).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let (mut inside, mut outside, mut refused) = (0u32, 0u32, 0u32);
+    let mut errors = Vec::new();
+    for _ in 0..100_000 {
+        match ctx.path_open(3, LOOKUPFLAGS_SYMLINK_FOLLOW, b"d/x/f", 0, RW, 0, 0) {
+            Ok(fd) => {
+                let Handle::File(f) = &ctx.entry(fd).unwrap().handle else {
+                    panic!("not a file");
+                };
+                match std::io::read_to_string(f).unwrap().as_str() {
+                    "inside" => inside += 1,
+                    _ => outside += 1,
+                }
+                ctx.fd_close(fd).unwrap();
+            }
+            Err(e) => {
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let counts = format!("inside {inside} outside {outside} refused {refused} swaps {swaps}");
+    assert_eq!(outside, 0, "read the file outside the preopen: {counts}");
+    // `d` the directory is read; `d` the link leads outside and is refused.
+    assert_eq!(errors, [Errno::Notcapable], "{counts}");
+    assert!(inside > 0 && refused > 0 && swaps > 100, "{counts}");
 }
