@@ -39,7 +39,16 @@ pub trait DestHost {
     fn tls(&self) -> Option<&Tls> {
         None
     }
+    /// Most bytes of output log an arriving guest may bring: the log is
+    /// held in memory until `Final`, so a peer must not be able to send
+    /// more than this.
+    fn max_log(&self) -> u64 {
+        DEFAULT_MAX_LOG
+    }
 }
+
+/// Most log bytes accepted from a peer when the host sets no limit.
+pub const DEFAULT_MAX_LOG: u64 = 1 << 30;
 
 /// Largest base image read (guest memory is at most 4 GiB).
 const MAX_BASE_IMAGE: u64 = 5 << 30;
@@ -207,7 +216,15 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                         apply_run(mem, run)?;
                     }
                 }
-                Message::LogChunk(bytes) => log.extend_from_slice(&bytes),
+                Message::LogChunk(bytes) => {
+                    if (log.len() + bytes.len()) as u64 > host.max_log() {
+                        return Err(MigrateError::Protocol(format!(
+                            "the guest's output log is larger than this node accepts ({} bytes)",
+                            host.max_log()
+                        )));
+                    }
+                    log.extend_from_slice(&bytes)
+                }
                 Message::Sync => c.send_now(&Message::Synced)?,
                 Message::Final {
                     memory_size,

@@ -796,6 +796,10 @@ impl tern_migrate::DestHost for Dest {
     fn tls(&self) -> Option<&tern_migrate::Tls> {
         self.0.config.tls.as_ref().map(|t| &t.migrate)
     }
+    fn max_log(&self) -> u64 {
+        // Room for the line a node appends when it stops a guest's output.
+        self.0.config.limits.max_log.saturating_add(64 << 10)
+    }
     fn open_log(&self, guest: &GuestInfo, log: &[u8]) -> Result<(OutputSink, OutputSink), String> {
         if let Some(r) = self.0.runner(&guest.id) {
             if !r.state().is_final() {
