@@ -31,7 +31,7 @@ cli() { "${IN_A[@]}" "$TERN" "$@"; }
 start_node() {
   local in=("${IN_A[@]}") listen=$LISTEN_A
   if [ "$1" = b ] || [ "$1" = qb ]; then in=("${IN_B[@]}"); listen=$LISTEN_B; fi
-  "${in[@]}" "$TERN" node --listen "$listen" --name "$1" --data-dir "$work/$1" >/dev/null 2> "$work/$1.log" &
+  "${in[@]}" "$TERN" node --insecure --listen "$listen" --name "$1" --data-dir "$work/$1" >/dev/null 2> "$work/$1.log" &
   pids+=($!)
   for _ in $(seq 200); do grep -q node_started "$work/$1.log" 2>/dev/null && break; sleep 0.05; done
   # Not printed for $(...): pids must reach this shell for the cleanup.

@@ -442,14 +442,43 @@ mod netns {
         "1500",
     ];
 
-    fn nodes(tag: u8, ns: &[String]) -> Vec<NodeProc> {
-        ns.iter()
+    /// One node per namespace, on a real (veth) network, so with mutual
+    /// TLS: certificates of a cluster made in the returned directory.
+    fn nodes(tag: u8, ns: &[String]) -> (tempfile::TempDir, Vec<NodeProc>) {
+        let certs = tempfile::tempdir().unwrap();
+        let dir = certs.path().to_str().unwrap().to_string();
+        let mut names: Vec<String> = (1..=ns.len()).map(|i| format!("h{i}")).collect();
+        let mut c = tern();
+        c.args(["certs", "init", "--dir", &dir]);
+        ok(c);
+        names.push("ops".into());
+        for (i, name) in names.iter().enumerate() {
+            let kind = if i + 1 == names.len() {
+                "client"
+            } else {
+                "node"
+            };
+            let mut c = tern();
+            c.args(["certs", kind, name, "--dir", &dir]);
+            ok(c);
+        }
+        let nodes = ns
+            .iter()
             .enumerate()
             .map(|(i, n)| {
                 let listen = format!("10.77.{tag}.{}:7070", i + 1);
-                NodeProc::start_at(&format!("h{}", i + 1), &[], Some(n), &listen)
+                NodeProc::launch(
+                    tern_in(Some(n)),
+                    &names[i],
+                    &[],
+                    Some(n),
+                    &listen,
+                    &["--tls-dir", &dir],
+                )
+                .with_cli_env("TERN_TLS_DIR", &dir)
             })
-            .collect()
+            .collect();
+        (certs, nodes)
     }
 
     #[test]
@@ -458,7 +487,7 @@ mod netns {
             return;
         };
         let want = reference(SLOW_DIRTIER);
-        let n = nodes(1, &ns);
+        let (_certs, n) = nodes(1, &ns);
         let id = detach(&n[0], SLOW_DIRTIER);
         std::thread::sleep(Duration::from_millis(800));
         let r = migrate(&n[0], &id, &n[1], "precopy");
@@ -489,7 +518,7 @@ mod netns {
             return;
         };
         let want = reference(TRICKLE);
-        let n = nodes(2, &ns);
+        let (_certs, n) = nodes(2, &ns);
         let id = detach(&n[0], TRICKLE);
         std::thread::sleep(Duration::from_millis(800));
         let r = migrate(&n[0], &id, &n[1], "precopy");
