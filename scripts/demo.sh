@@ -22,7 +22,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-ARGS=(--mem 64 --rate 10 --window 64 --iterations 400)
+ARGS=(--mem 64 --rate 10 --window 64 --iterations 1000)
 
 # Each node prints its addresses as its first log line.
 start_node() {

@@ -107,7 +107,7 @@ fn peers_outside_the_cluster_are_refused_and_nothing_changes() {
     // Plaintext.
     let mut c = tern();
     c.env("TERN_NODE", &a.api).arg("ps");
-    refused(c, "cannot reach node");
+    refused(c, "speaks TLS only");
     // A client certificate from another cluster: this CLI does not trust
     // the node either.
     let mut c = tern();

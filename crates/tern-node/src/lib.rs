@@ -936,7 +936,8 @@ pub fn explain_http(e: &ureq::Error) -> String {
         ureq::Error::Status(code, _) => format!("HTTP {code}"),
         ureq::Error::Transport(t) => {
             // A TLS alert record (0x15 0x03) where an HTTP header was due.
-            if t.kind() == ureq::ErrorKind::BadHeader && t.to_string().contains("[21, 3, ") {
+            // ureq reports it as a malformed header carrying those bytes.
+            if t.to_string().contains("[21, 3, ") {
                 return "the node speaks TLS only: give --tls-dir (or TERN_TLS_DIR)".into();
             }
             let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
