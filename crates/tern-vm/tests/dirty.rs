@@ -302,8 +302,10 @@ fn concurrent_shadow(method: Method) {
         });
         let begin = Instant::now();
         let mut grown = false;
-        // At least 600 ms and 8 rounds (a loaded machine is slow), at most 30 s.
-        while (begin.elapsed() < Duration::from_millis(600) || rounds < 8)
+        // At least 600 ms, 8 rounds and the growth (a loaded machine is
+        // slow: one round can take the test from before 250 ms to past
+        // 600 ms), at most 30 s.
+        while (begin.elapsed() < Duration::from_millis(600) || rounds < 8 || !grown)
             && begin.elapsed() < Duration::from_secs(30)
         {
             if !grown && begin.elapsed() > Duration::from_millis(250) {
