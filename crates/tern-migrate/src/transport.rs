@@ -81,8 +81,8 @@ pub(crate) struct Link {
 
 /// Turns an I/O error of a TLS stream into what a user reads.
 fn tls_io(e: io::Error) -> io::Error {
-    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(t) => io::Error::new(e.kind(), tern_tls::explain(t)),
+    match tern_tls::explain_io(&e) {
+        Some(why) => io::Error::new(e.kind(), why),
         None => e,
     }
 }

@@ -155,11 +155,7 @@ async fn accept_loop(
                     serve_conn(tls, app, Peer { cert, addr }).await;
                 }
                 Ok(Err(e)) => {
-                    let why = e
-                        .get_ref()
-                        .and_then(|i| i.downcast_ref::<tern_tls::rustls::Error>())
-                        .map(tern_tls::explain)
-                        .unwrap_or_else(|| e.to_string());
+                    let why = tern_tls::explain_io(&e).unwrap_or_else(|| e.to_string());
                     log_event(
                         "api_refused",
                         json!({ "peer": addr.to_string(), "error": why }),

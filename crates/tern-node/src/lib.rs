@@ -62,8 +62,6 @@ pub struct NodeConfig {
 /// A node's certificate, made into the TLS configurations it needs.
 #[derive(Clone)]
 pub struct NodeTls {
-    /// Who this node is (the certificate's name).
-    pub identity: tern_tls::Identity,
     /// For migrations, both ways.
     pub migrate: tern_migrate::Tls,
     /// For the API (client certificates optional: tokens stand in).
@@ -74,9 +72,7 @@ pub struct NodeTls {
 
 impl std::fmt::Debug for NodeTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeTls")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
+        f.debug_struct("NodeTls").finish_non_exhaustive()
     }
 }
 
@@ -87,7 +83,6 @@ impl NodeTls {
         let m = Material::load_node(dir, name).map_err(|e| e.to_string())?;
         let client = m.client_config().map_err(|e| e.to_string())?;
         Ok(NodeTls {
-            identity: m.identity().clone(),
             migrate: tern_migrate::Tls {
                 client: client.clone(),
                 server: m
@@ -945,13 +940,11 @@ pub fn explain_http(e: &ureq::Error) -> String {
                 if let Some(r) = s.downcast_ref::<tern_tls::rustls::Error>() {
                     return tern_tls::explain(r);
                 }
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    if let Some(r) = io
-                        .get_ref()
-                        .and_then(|i| i.downcast_ref::<tern_tls::rustls::Error>())
-                    {
-                        return tern_tls::explain(r);
-                    }
+                if let Some(why) = s
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(tern_tls::explain_io)
+                {
+                    return why;
                 }
                 src = s.source();
             }

@@ -365,6 +365,14 @@ fn only_client(dir: &Path) -> Result<String, TlsError> {
     }
 }
 
+/// The one line for an I/O error that carries a TLS error (as rustls's
+/// streams and tokio-rustls report them), if it does.
+pub fn explain_io(e: &std::io::Error) -> Option<String> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .map(explain)
+}
+
 /// Turns a TLS error into the one line a user reads.
 pub fn explain(e: &rustls::Error) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
