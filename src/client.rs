@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde_json::Value;
+use anyhow::Context;
+pub use tern_api::NodeClient;
 
 /// How the CLI proves who it is to nodes.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -60,90 +59,10 @@ pub struct NodeArg {
     pub access: Access,
 }
 
-/// A node's API.
-pub struct Client {
-    base: String,
-    agent: ureq::Agent,
-    tls: bool,
-    auth: Option<String>,
-}
-
-impl Client {
-    /// For the node at `addr`, with `access`'s credentials.
-    pub fn new(addr: &str, access: &Access) -> anyhow::Result<Client> {
-        let tls = access.tls()?;
-        let secure = tls.is_some();
-        Ok(Client {
-            base: tern_node::base_url(addr, secure),
-            agent: tern_node::http_agent(tls),
-            tls: secure,
-            auth: access.token()?.map(|t| format!("Bearer {t}")),
-        })
-    }
-
-    /// The same credentials, for another node.
-    pub fn at(&self, addr: &str) -> Client {
-        Client {
-            base: tern_node::base_url(addr, self.tls),
-            agent: self.agent.clone(),
-            tls: self.tls,
-            auth: self.auth.clone(),
-        }
-    }
-
-    fn request(&self, method: &str, path: &str, timeout: Duration) -> ureq::Request {
-        let r = self
-            .agent
-            .request(method, &format!("{}{path}", self.base))
-            .timeout(timeout);
-        match &self.auth {
-            Some(a) => r.set("authorization", a),
-            None => r,
-        }
-    }
-
-    fn check(&self, r: Result<ureq::Response, ureq::Error>) -> anyhow::Result<ureq::Response> {
-        match r {
-            Ok(resp) => Ok(resp),
-            Err(ureq::Error::Status(_, resp)) => {
-                let v: Value = resp.into_json().unwrap_or_default();
-                bail!("{}", v["error"].as_str().unwrap_or("the node refused"))
-            }
-            Err(e) => Err(anyhow::anyhow!(
-                "cannot reach node {}: {}",
-                self.base,
-                tern_node::explain_http(&e)
-            )),
-        }
-    }
-
-    /// GET returning JSON.
-    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let r = self.request("GET", path, Duration::from_secs(120)).call();
-        self.check(r)?
-            .into_json()
-            .context("the node answered nonsense")
-    }
-
-    /// GET returning bytes and the `x-tern-state` header.
-    pub fn get_bytes(&self, path: &str) -> anyhow::Result<(Vec<u8>, String)> {
-        let r = self.request("GET", path, Duration::from_secs(60)).call();
-        let resp = self.check(r)?;
-        let state = resp.header("x-tern-state").unwrap_or("").to_string();
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes)?;
-        Ok((bytes, state))
-    }
-
-    /// POST JSON returning JSON.
-    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let r = self
-            .request("POST", path, Duration::from_secs(600))
-            .send_json(body.clone());
-        self.check(r)?
-            .into_json()
-            .context("the node answered nonsense")
-    }
+/// A node's API client with `access`'s credentials, for the node at
+/// `addr` (`HOST:PORT` or a URL).
+pub fn connect(addr: &str, access: &Access) -> anyhow::Result<NodeClient> {
+    Ok(NodeClient::new(addr, access.tls()?, access.token()?))
 }
 
 /// A path made absolute (the node resolves paths on its own filesystem).

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client::{absolute, Client, NodeArg};
+use crate::client::{absolute, connect, NodeArg};
 
 /// Arguments of `tern checkpoint`.
 #[derive(Args, Debug)]
@@ -24,15 +24,16 @@ pub struct CheckpointArgs {
 
 /// Runs `tern checkpoint`.
 pub fn main(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let r = Client::new(&a.node.node, &a.node.access)?.post(
-        &format!("/v1/guests/{}/checkpoint", a.id),
-        &serde_json::json!({ "path": absolute(&a.image)?, "leave_running": a.leave_running }),
-    )?;
+    let req = tern_api::CheckpointRequest {
+        path: absolute(&a.image)?,
+        leave_running: a.leave_running,
+    };
+    let r = connect(&a.node.node, &a.node.access)?.checkpoint(&a.id, &req)?;
     crate::common::say(format_args!(
         "checkpoint written to {} ({} bytes; {} pages present){}",
         a.image.display(),
-        r["image_bytes"],
-        r["pages"],
+        r.image_bytes,
+        r.pages,
         if a.leave_running {
             "; the guest runs on"
         } else {

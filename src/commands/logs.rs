@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::client::{Client, NodeArg};
+use crate::client::{connect, NodeArg};
 
 /// Arguments of `tern logs`.
 #[derive(Args, Debug)]
@@ -23,11 +23,11 @@ pub struct LogsArgs {
 
 /// Runs `tern logs`.
 pub fn main(a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let c = Client::new(&a.node.node, &a.node.access)?;
+    let c = connect(&a.node.node, &a.node.access)?;
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
-        let (bytes, state) = c.get_bytes(&format!("/v1/guests/{}/logs?offset={offset}", a.id))?;
+        let tern_api::client::LogPart { bytes, state } = c.logs(&a.id, offset)?;
         out.write_all(&bytes)?;
         out.flush()?;
         offset += bytes.len() as u64;

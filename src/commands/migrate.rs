@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use serde_json::Value;
+use tern_api::{MigrateRequest, MigrationState};
 
-use crate::client::{Client, NodeArg};
+use crate::client::{connect, NodeArg};
 
 /// Arguments of `tern migrate`.
 #[derive(Args, Debug)]
@@ -38,16 +38,14 @@ pub struct MigrateArgs {
 
 /// Runs `tern migrate`.
 pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let c = Client::new(&a.node.node, &a.node.access)?;
-    let started = c.post(
-        &format!("/v1/guests/{}/migrate", a.id),
-        &serde_json::json!({ "to": a.to, "strategy": a.strategy,
-            "max_downtime_ms": a.max_downtime, "dirty": a.dirty }),
-    )?;
-    let mid = started["migration"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let c = connect(&a.node.node, &a.node.access)?;
+    let req = MigrateRequest {
+        to: a.to.clone(),
+        strategy: Some(a.strategy.clone()),
+        max_downtime_ms: Some(a.max_downtime),
+        dirty: Some(a.dirty.clone()),
+    };
+    let mid = c.migrate(&a.id, &req)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -58,19 +56,15 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let status: Value = loop {
-        let s = c.get(&format!("/v1/migrations/{mid}"))?;
+    let status = loop {
+        let s = c.migration(&mid)?;
         if let Some(b) = &bar {
-            let p = &s["progress"];
-            b.set_length(p["memory_bytes"].as_u64().unwrap_or(0).max(1));
-            b.set_position(p["bytes_sent"].as_u64().unwrap_or(0));
-            b.set_message(format!(
-                "{} round {}",
-                p["phase"].as_str().unwrap_or(""),
-                p["round"]
-            ));
+            let p = &s.progress;
+            b.set_length(p.memory_bytes.max(1));
+            b.set_position(p.bytes_sent);
+            b.set_message(format!("{} round {}", p.phase, p.round));
         }
-        if s["state"] != "running" {
+        if s.state != MigrationState::Running {
             break s;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -78,35 +72,34 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if status["state"] != "done" {
-        bail!(
+    let r = match (status.state, status.report) {
+        (MigrationState::Done, Some(r)) => r,
+        _ => bail!(
             "migration of {} failed (the guest runs on at the source): {}",
             a.id,
-            status["error"].as_str().unwrap_or("unknown error")
-        );
-    }
-    let r = &status["report"];
+            status.error.as_deref().unwrap_or("unknown error")
+        ),
+    };
     if a.json {
-        println!("{}", serde_json::to_string(r)?);
+        println!("{}", serde_json::to_string(&r)?);
     } else {
         crate::common::say(format_args!(
             "migrated {} to {} ({}) in {:.1} ms, downtime {:.2} ms, {} rounds, {:.1} MiB sent ({} pages), dirty tracking {}",
             a.id,
-            r["destination_node"].as_str().unwrap_or(&a.to),
-            r["strategy"].as_str().unwrap_or(""),
-            r["total_ms"].as_f64().unwrap_or(0.0),
-            r["downtime_ms"].as_f64().unwrap_or(0.0),
-            r["rounds"],
-            r["bytes_sent"].as_f64().unwrap_or(0.0) / 1048576.0,
-            r["pages_sent"],
-            r["dirty_tracking"].as_str().unwrap_or(""),
+            r.destination_node,
+            r.strategy,
+            r.total_ms,
+            r.downtime_ms,
+            r.rounds,
+            r.bytes_sent as f64 / 1048576.0,
+            r.pages_sent,
+            r.dirty_tracking,
         ));
-        let saved = r["bytes_saved"].as_u64().unwrap_or(0);
-        if r["base_pages"].as_u64().unwrap_or(0) > 0 {
+        if r.base_pages > 0 {
             crate::common::say(format_args!(
                 "the destination still held the guest from when it left: {:.1} MiB not sent ({} pages unchanged)",
-                saved as f64 / 1048576.0,
-                r["pages_reused"],
+                r.bytes_saved as f64 / 1048576.0,
+                r.pages_reused,
             ));
         }
     }

@@ -22,9 +22,10 @@ pub struct NodeArgs {
     /// Node name (default: the API address).
     #[arg(long)]
     name: Option<String>,
-    /// Node class.
-    #[arg(long, default_value = "server", value_parser = ["server", "board"])]
-    class: String,
+    /// Node class: `server` (fast, power-hungry) or `board` (slow,
+    /// frugal).
+    #[arg(long, default_value = "server")]
+    class: tern_api::NodeClass,
     /// Keep the image of a guest that migrates away this long, so that if
     /// it comes back only the pages it changed meanwhile are sent (0: never).
     #[arg(long, value_name = "DURATION", default_value = "10m",
@@ -99,7 +100,7 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
     let api = bound.to_string();
     let node = Node::open(NodeConfig {
         name: a.name.clone().unwrap_or_else(|| api.clone()),
-        class: a.class.clone(),
+        class: a.class,
         listen: api.clone(),
         migrate_listen,
         data_dir: a.data_dir.clone(),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client::{Client, NodeArg};
+use crate::client::{connect, NodeArg};
 
 /// Arguments of `tern ps`.
 #[derive(Args, Debug)]
@@ -18,7 +18,7 @@ pub struct PsArgs {
 
 /// Runs `tern ps`.
 pub fn main(a: PsArgs) -> anyhow::Result<ExitCode> {
-    let guests = Client::new(&a.node.node, &a.node.access)?.get("/v1/guests")?;
+    let guests = connect(&a.node.node, &a.node.access)?.guests()?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&guests)?);
         return Ok(ExitCode::SUCCESS);
@@ -27,26 +27,18 @@ pub fn main(a: PsArgs) -> anyhow::Result<ExitCode> {
         "{:<14} {:<20} {:<14} {:<6} WHERE",
         "ID", "NAME", "STATE", "EXIT"
     );
-    for g in guests.as_array().into_iter().flatten() {
-        let exit = g["exit_code"]
-            .as_i64()
-            .map(|c| c.to_string())
-            .unwrap_or_default();
-        let place = g["moved_to"]
-            .as_str()
-            .map(|t| format!("-> {t}"))
-            .or_else(|| g["came_from"].as_str().map(|f| format!("<- {f}")))
-            .unwrap_or_default();
-        // A guest ended by a limit shows which: `limited:memory`.
-        let mut state = g["state"].as_str().unwrap_or("").to_string();
-        if let Some(limit) = g["limit"].as_str() {
-            state = format!("{state}:{limit}");
-        }
+    for g in &guests {
+        let exit = g.exit_code.map(|c| c.to_string()).unwrap_or_default();
+        let place = match (&g.moved_to, &g.came_from) {
+            (Some(to), _) => format!("-> {to}"),
+            (None, Some(from)) => format!("<- {from}"),
+            (None, None) => String::new(),
+        };
         println!(
             "{:<14} {:<20} {:<14} {:<6} {place}",
-            g["id"].as_str().unwrap_or(""),
-            g["name"].as_str().unwrap_or(""),
-            state,
+            g.id,
+            g.name,
+            g.state_label(),
             exit
         );
     }

@@ -45,9 +45,8 @@ pub fn main(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let path = crate::client::absolute(&a.image_file)?;
-        let r = crate::client::Client::new(node, &a.access)?
-            .post("/v1/restore", &serde_json::json!({ "path": path }))?;
-        println!("{}", r["id"].as_str().unwrap_or_default());
+        let id = crate::client::connect(node, &a.access)?.restore(&path)?;
+        println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
     let bytes = tern_image::read_bytes(&a.image_file, tern_image::DEFAULT_MAX_FILE_LEN)?;

@@ -155,7 +155,7 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let spec = tern_node::BootSpec {
+    let spec = tern_api::BootSpec {
         name,
         module_b64: base64::engine::general_purpose::STANDARD.encode(wasm),
         args: a.args.clone(),
@@ -166,8 +166,7 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         cpu_weight: a.cpu_weight,
         cpu_quota: a.cpu_quota,
     };
-    let r = crate::client::Client::new(node, &a.access)?
-        .post("/v1/guests", &serde_json::to_value(spec)?)?;
-    println!("{}", r["id"].as_str().unwrap_or_default());
+    let id = crate::client::connect(node, &a.access)?.boot(&spec)?;
+    println!("{id}");
     Ok(ExitCode::SUCCESS)
 }

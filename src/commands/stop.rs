@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client::{Client, NodeArg};
+use crate::client::{connect, NodeArg};
 
 /// Arguments of `tern stop`.
 #[derive(Args, Debug)]
@@ -17,12 +17,7 @@ pub struct StopArgs {
 
 /// Runs `tern stop`.
 pub fn main(a: StopArgs) -> anyhow::Result<ExitCode> {
-    let g = Client::new(&a.node.node, &a.node.access)?
-        .post(&format!("/v1/guests/{}/stop", a.id), &serde_json::json!({}))?;
-    crate::common::say(format_args!(
-        "guest {} is {}",
-        a.id,
-        g["state"].as_str().unwrap_or("stopped")
-    ));
+    let g = connect(&a.node.node, &a.node.access)?.stop(&a.id)?;
+    crate::common::say(format_args!("guest {} is {}", a.id, g.state_label()));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,13 @@
 //! `tern wait`: wait for a guest to end; print and exit with its status.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
+use tern_api::GuestState;
 
-use crate::client::{Client, NodeArg};
+use crate::client::{connect, NodeArg};
 
 /// Arguments of `tern wait`.
 #[derive(Args, Debug)]
@@ -18,28 +20,26 @@ pub struct WaitArgs {
 
 /// Runs `tern wait`.
 pub fn main(a: WaitArgs) -> anyhow::Result<ExitCode> {
-    let mut c = Client::new(&a.node.node, &a.node.access)?;
+    let mut c = connect(&a.node.node, &a.node.access)?;
     loop {
-        let g = c.get(&format!("/v1/guests/{}/wait?timeout_ms=20000", a.id))?;
-        match g["state"].as_str().unwrap_or("") {
-            "running" | "paused" => continue,
-            "exited" => {
-                let code = g["exit_code"].as_i64().unwrap_or(0);
+        let g = c.wait(&a.id, Duration::from_secs(20))?;
+        match g.state {
+            GuestState::Running | GuestState::Paused => continue,
+            GuestState::Exited => {
+                let code = g.exit_code.unwrap_or(0);
                 println!("{code}");
                 return Ok(ExitCode::from((code & 0xff) as u8));
             }
             // Follow the guest to where it went.
-            "moved" => match g["moved_to"].as_str() {
+            GuestState::Moved => match &g.moved_to {
                 Some(to) => c = c.at(to),
                 None => bail!("guest {} moved to an unknown node", a.id),
             },
-            other => bail!(
-                "guest {} is {other}{}",
+            _ => bail!(
+                "guest {} is {}{}",
                 a.id,
-                g["error"]
-                    .as_str()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
+                g.state_label(),
+                g.error.map(|e| format!(": {e}")).unwrap_or_default()
             ),
         }
     }

@@ -4,9 +4,9 @@
 //!
 //! | method and path | does | role |
 //! |---|---|---|
-//! | `GET /v1/node` | node facts ([`crate::NodeInfo`]) | read |
-//! | `GET /v1/guests` | every guest ([`crate::registry::GuestRecord`]) | read |
-//! | `POST /v1/guests` | boot a guest ([`crate::BootSpec`]) -> `{"id"}` | admin |
+//! | `GET /v1/node` | node facts ([`tern_api::NodeInfo`]) | read |
+//! | `GET /v1/guests` | every guest ([`tern_api::GuestRecord`]) | read |
+//! | `POST /v1/guests` | boot a guest ([`tern_api::BootSpec`]) -> [`tern_api::Created`] | admin |
 //! | `POST /v1/restore` | `{"path"}`: restore an image file on this node -> `{"id"}` | admin |
 //! | `GET /v1/guests/ID` | one guest | read |
 //! | `GET /v1/guests/ID/logs?offset=N` | its output from byte N (header `x-tern-state`) | read |
@@ -18,7 +18,9 @@
 //! | `GET /v1/migrations/MID` | one migration's progress and report | read |
 //! | `GET /metrics` | Prometheus text format | read |
 //!
-//! Errors are `{"error": "..."}` with a 4xx or 5xx status.
+//! Requests and replies are `tern_api`'s types. Errors are
+//! [`tern_api::ErrorBody`] (`{"error": "..."}`) with the status
+//! [`crate::Error::status`] gives.
 //!
 //! # Who may call
 //!
@@ -30,7 +32,6 @@
 //! anything: it listens on loopback unless told otherwise.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,13 +42,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tern_api::{
+    BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, MigrateRequest,
+    RestoreRequest,
+};
 use tern_tls::token::Tokens;
 use tern_tls::{Identity, Role};
 
 use crate::runner::RunState;
-use crate::{log_event, BootSpec, Node};
+use crate::{log_event, Error, Node};
 
 /// Largest request body accepted (a module travels base64 in one).
 const MAX_BODY: usize = 512 << 20;
@@ -78,39 +84,31 @@ struct Peer {
     addr: SocketAddr,
 }
 
-/// An error reply.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
+/// Every error is answered with its status and a one-line body.
+impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: self.message().to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 
-fn err(status: u16, msg: impl std::fmt::Display) -> ApiError {
-    ApiError(
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        msg.to_string(),
-    )
-}
+type Reply = Result<Response, Error>;
 
-type Reply = Result<Response, ApiError>;
-
-fn ok(status: u16, v: Value) -> Reply {
-    Ok((
-        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-        Json(v),
-    )
-        .into_response())
+fn ok<T: Serialize>(status: StatusCode, v: T) -> Reply {
+    Ok((status, Json(v)).into_response())
 }
 
 /// Runs node work (which blocks) off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| err(500, "internal error (see the node's log)"))
+        .map_err(|_| Error::Internal("internal error (see the node's log)".into()))?
 }
 
 /// Serves the API on `listener` until the process ends.
@@ -199,7 +197,7 @@ fn router(node: Arc<Node>, auth: Auth) -> Router {
         .route("/v1/migrations", get(migrations))
         .route("/v1/migrations/{mid}", get(migration))
         .fallback(|method: Method, uri: axum::http::Uri| async move {
-            err(404, format!("no such endpoint: {method} {}", uri.path()))
+            Error::NotFound(format!("no such endpoint: {method} {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(Arc::new(auth), authorize))
@@ -234,7 +232,11 @@ async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
             "api_refused",
             json!({ "peer": addr, "error": why, "path": req.uri().path() }),
         );
-        return err(401, why).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(ErrorBody { error: why.into() }),
+        )
+            .into_response();
     };
     let reads = req.method() == Method::GET || req.method() == Method::HEAD;
     let allowed = reads || who.role.may_write();
@@ -248,57 +250,40 @@ async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
             Role::Node => "a node",
             _ => "read-only",
         };
-        return err(
-            403,
-            format!("{} is {role}: only an admin may {}", who.name, req.method()),
-        )
-        .into_response();
+        let error = format!("{} is {role}: only an admin may {}", who.name, req.method());
+        return (StatusCode::FORBIDDEN, Json(ErrorBody { error })).into_response();
     }
     next.run(req).await
 }
 
 async fn node_info(State(node): State<Arc<Node>>) -> Reply {
-    ok(200, json!(node.info()))
+    ok(StatusCode::OK, node.info())
 }
 
 async fn guests(State(node): State<Arc<Node>>) -> Reply {
-    let g = blocking(move || node.guests()).await?;
-    ok(200, json!(g))
+    let g = blocking(move || Ok(node.guests())).await?;
+    ok(StatusCode::OK, g)
 }
 
-fn body<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| err(400, format!("bad request body: {e}")))
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::BadRequest(format!("bad request body: {e}")))
 }
 
 async fn boot(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply {
     let spec: BootSpec = body(&bytes)?;
     drop(bytes);
-    match blocking(move || node.boot(spec)).await? {
-        Ok(id) => ok(201, json!({ "id": id })),
-        Err(e) => Err(err(400, e)),
-    }
-}
-
-#[derive(Deserialize)]
-struct PathBody {
-    path: String,
-    #[serde(default)]
-    leave_running: bool,
+    let id = blocking(move || node.boot(spec)).await?;
+    ok(StatusCode::CREATED, Created { id })
 }
 
 async fn restore(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply {
-    let b: PathBody = body(&bytes)?;
-    match blocking(move || node.restore_image(std::path::Path::new(&b.path))).await? {
-        Ok(id) => ok(201, json!({ "id": id })),
-        Err(e) => Err(err(400, e)),
-    }
+    let b: RestoreRequest = body(&bytes)?;
+    let id = blocking(move || node.restore_image(std::path::Path::new(&b.path))).await?;
+    ok(StatusCode::CREATED, Created { id })
 }
 
 async fn guest(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Reply {
-    match node.guest(&id) {
-        Some(g) => ok(200, json!(g)),
-        None => Err(err(404, format!("no guest {id} on this node"))),
-    }
+    ok(StatusCode::OK, node.guest(&id)?)
 }
 
 #[derive(Deserialize)]
@@ -312,15 +297,12 @@ async fn logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Reply {
-    let Some(g) = node.guest(&id) else {
-        return Err(err(404, format!("no guest {id} on this node")));
-    };
-    let mut state = g.state.clone();
+    let g = node.guest(&id)?;
+    let mut state = g.state.to_string();
     if let Some(to) = &g.moved_to {
         state = format!("{state} {to}");
     }
-    let path = node.config.data_dir.join("guests").join(&id).join("log");
-    let body = match tokio::fs::File::open(&path).await {
+    let body = match tokio::fs::File::open(node.log_path(&id)).await {
         Ok(mut f) => {
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
@@ -367,19 +349,12 @@ async fn wait(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    match node.guest(&id) {
-        Some(g) => ok(200, json!(g)),
-        None => Err(err(404, format!("no guest {id} on this node"))),
-    }
+    ok(StatusCode::OK, node.guest(&id)?)
 }
 
 async fn stop(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Reply {
-    let n = node.clone();
-    let i = id.clone();
-    match blocking(move || n.stop(&i)).await? {
-        Ok(()) => ok(200, json!(node.guest(&id))),
-        Err(e) => Err(err(404, e)),
-    }
+    let g = blocking(move || node.stop(&id)).await?;
+    ok(StatusCode::OK, g)
 }
 
 async fn checkpoint(
@@ -387,28 +362,17 @@ async fn checkpoint(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Reply {
-    let b: PathBody = body(&bytes)?;
+    let b: CheckpointRequest = body(&bytes)?;
     let path = b.path.clone();
-    let r = blocking(move || node.checkpoint(&id, std::path::Path::new(&b.path), b.leave_running))
+    let s = blocking(move || node.checkpoint(&id, std::path::Path::new(&b.path), b.leave_running))
         .await?;
-    match r {
-        Ok(s) => ok(
-            200,
-            json!({ "image": path, "image_bytes": s.image_bytes, "memory_bytes": s.memory_bytes, "pages": s.pages }),
-        ),
-        Err(e) => Err(err(409, e)),
-    }
-}
-
-#[derive(Deserialize)]
-struct MigrateBody {
-    to: String,
-    #[serde(default)]
-    strategy: Option<String>,
-    #[serde(default)]
-    max_downtime_ms: Option<u64>,
-    #[serde(default)]
-    dirty: Option<String>,
+    let reply = CheckpointReply {
+        image: path,
+        image_bytes: s.image_bytes,
+        memory_bytes: s.memory_bytes,
+        pages: s.pages,
+    };
+    ok(StatusCode::OK, reply)
 }
 
 async fn migrate(
@@ -416,63 +380,33 @@ async fn migrate(
     Path(id): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Reply {
-    let b: MigrateBody = body(&bytes)?;
+    let b: MigrateRequest = body(&bytes)?;
     let mut opts = tern_migrate::Options::default();
     if let Some(s) = &b.strategy {
-        opts.strategy = s.parse().map_err(|e| err(400, e))?;
+        opts.strategy = s.parse().map_err(Error::BadRequest)?;
     }
     if let Some(ms) = b.max_downtime_ms {
         opts.max_downtime = Duration::from_millis(ms);
     }
     if let Some(d) = &b.dirty {
-        opts.dirty = d.parse().map_err(|e| err(400, format!("{e:?}")))?;
+        opts.dirty = d.parse().map_err(|e| Error::BadRequest(format!("{e:?}")))?;
     }
-    match blocking(move || node.start_migration(&id, &b.to, opts)).await? {
-        Ok(mid) => ok(202, json!({ "migration": mid })),
-        Err(e) => Err(err(409, e)),
-    }
+    let migration = blocking(move || node.start_migration(&id, &b.to, opts)).await?;
+    ok(
+        StatusCode::ACCEPTED,
+        tern_api::migration::MigrateStarted { migration },
+    )
 }
 
 async fn migrations(State(node): State<Arc<Node>>) -> Reply {
-    ok(200, json!(node.history()))
+    ok(StatusCode::OK, node.history())
 }
 
 async fn migration(State(node): State<Arc<Node>>, Path(mid): Path<String>) -> Reply {
-    match node.migration(&mid) {
-        Some(m) => ok(200, json!(m)),
-        None => Err(err(404, format!("no migration {mid} on this node"))),
-    }
+    ok(StatusCode::OK, node.migration(&mid)?)
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Reply {
-    use std::fmt::Write;
-    let m = &node.metrics;
-    let mut t = String::new();
-    let mut counts = std::collections::BTreeMap::new();
-    for g in node.guests() {
-        *counts.entry(g.state).or_insert(0u64) += 1;
-    }
-    let _ = writeln!(
-        t,
-        "# HELP tern_guests Guests known to this node, by state.\n# TYPE tern_guests gauge"
-    );
-    for (state, n) in counts {
-        let _ = writeln!(t, "tern_guests{{state=\"{state}\"}} {n}");
-    }
-    let _ = writeln!(t, "# HELP tern_guests_started_total Guests booted, restored or received here.\n# TYPE tern_guests_started_total counter\ntern_guests_started_total {}", m.guests_started.load(Ordering::Relaxed));
-    let _ = writeln!(t, "# HELP tern_migrations_total Migrations sent by this node, by result.\n# TYPE tern_migrations_total counter");
-    let _ = writeln!(
-        t,
-        "tern_migrations_total{{result=\"ok\"}} {}",
-        m.migrations_ok.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        t,
-        "tern_migrations_total{{result=\"failed\"}} {}",
-        m.migrations_failed.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(t, "# HELP tern_migrations_received_total Guests received by migration.\n# TYPE tern_migrations_received_total counter\ntern_migrations_received_total {}", m.migrations_in.load(Ordering::Relaxed));
-    let _ = writeln!(t, "# HELP tern_migration_bytes_total Bytes sent by migrations.\n# TYPE tern_migration_bytes_total counter\ntern_migration_bytes_total {}", m.migration_bytes.load(Ordering::Relaxed));
-    let _ = writeln!(t, "# HELP tern_migration_last_downtime_seconds Downtime of the last migration sent.\n# TYPE tern_migration_last_downtime_seconds gauge\ntern_migration_last_downtime_seconds {}", m.last_downtime_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let t = node.metrics.render(&node.guests());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response())
 }

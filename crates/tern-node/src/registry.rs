@@ -3,42 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-/// What the node remembers of one guest.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GuestRecord {
-    /// Guest id.
-    pub id: String,
-    /// Name (the module's file name unless given).
-    pub name: String,
-    /// `running`, `paused`, `exited`, `failed`, `limited`, `stopped`,
-    /// `moved`, `lost`.
-    pub state: String,
-    /// Exit status once exited.
-    pub exit_code: Option<i32>,
-    /// Failure message, for `failed`; how it ended, for `limited`.
-    pub error: Option<String>,
-    /// For `limited`: the limit that ended it (`memory`, `table`, `fds`,
-    /// `log`).
-    #[serde(default)]
-    pub limit: Option<String>,
-    /// The limits the guest runs under here.
-    #[serde(default)]
-    pub limits: Option<tern_vm::limits::Limits>,
-    /// How its CPU weight and quota are enforced here (`cgroup DIR`,
-    /// `nice N`).
-    #[serde(default)]
-    pub cpu_control: Option<String>,
-    /// Node the guest moved to (address), for `moved`.
-    pub moved_to: Option<String>,
-    /// Migration that moved it away, for `moved`.
-    pub moved_by: Option<String>,
-    /// Node it came from, if it arrived by migration.
-    pub came_from: Option<String>,
-    /// Milliseconds since the epoch when this node got the guest.
-    pub since_unix_ms: u64,
-}
+pub use tern_api::GuestRecord;
+use tern_api::GuestState;
 
 /// The on-disk registry.
 pub struct Registry {
@@ -59,8 +25,8 @@ impl Registry {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         for g in guests.values_mut() {
-            if g.state == "running" || g.state == "paused" {
-                g.state = "lost".into();
+            if g.state.is_live() {
+                g.state = GuestState::Lost;
                 g.error = Some("the node daemon stopped while the guest ran".into());
             }
         }

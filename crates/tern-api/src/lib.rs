@@ -1,0 +1,18 @@
+//! The contract between Tern's nodes, its controller and its CLI.
+//!
+//! Every request, reply and state that crosses a node's HTTP/JSON API is a
+//! type here ([`types`], [`migration`]), so that the node serving it, the
+//! CLI and the controller calling it cannot disagree on a field or a state
+//! name; [`client::NodeClient`] makes the calls. Errors cross the wire as
+//! [`types::ErrorBody`] with a 4xx or 5xx status.
+
+pub mod client;
+pub mod migration;
+pub mod types;
+
+pub use client::NodeClient;
+pub use migration::{MigrateRequest, MigrationState, MigrationStatus, Progress, Report, RoundStat};
+pub use types::{
+    BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, GuestLimits, GuestRecord,
+    GuestState, NodeClass, NodeInfo, RestoreRequest,
+};

@@ -1,0 +1,133 @@
+//! Migrations as the API shows them: progress while one runs, the report
+//! once it is done, and the requests that start one.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a migration is, for progress bars.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// `connecting`, `copying`, `stopping`, `handover`, `done`.
+    pub phase: String,
+    /// Current pre-copy round (1-based; 0 before the first).
+    pub round: u32,
+    /// Bytes sent so far.
+    pub bytes_sent: u64,
+    /// Pages sent so far.
+    pub pages_sent: u64,
+    /// Guest memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// One pre-copy round (the last one is the stop-and-copy round).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RoundStat {
+    /// 1-based round number.
+    pub round: u32,
+    /// Pages sent (zero pages included as markers).
+    pub pages: u64,
+    /// Bytes on the wire.
+    pub bytes: u64,
+    /// Milliseconds the round took.
+    pub ms: f64,
+}
+
+/// What a migration did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Migration id.
+    pub migration_id: String,
+    /// Guest id.
+    pub guest: String,
+    /// Destination address.
+    pub destination: String,
+    /// Destination node name.
+    pub destination_node: String,
+    /// `cold` or `precopy`.
+    pub strategy: String,
+    /// Dirty-tracking method (`none` for cold).
+    pub dirty_tracking: String,
+    /// Why the preferred tracking method was not used, if it was not.
+    pub dirty_tracking_fallback: Option<String>,
+    /// Connect to commit, in milliseconds.
+    pub total_ms: f64,
+    /// Guest paused to guest released to run on the destination, in ms.
+    pub downtime_ms: f64,
+    /// Part of the downtime spent reaching a migration point.
+    pub pause_ms: f64,
+    /// Part of the downtime between `Final` sent and `Restored` received
+    /// (the destination finishing the guest).
+    pub restore_ms: f64,
+    /// Bytes on the wire, both ways, frames included.
+    pub bytes_sent: u64,
+    /// Pages sent, zero markers included.
+    pub pages_sent: u64,
+    /// Rounds, the stop-and-copy round included.
+    pub rounds: u32,
+    /// Per round.
+    pub round_stats: Vec<RoundStat>,
+    /// Guest memory size at the end, in bytes.
+    pub memory_bytes: u64,
+    /// Pages of the guest's memory the destination still held from when
+    /// the guest last left it (0: it held none).
+    #[serde(default)]
+    pub base_pages: u64,
+    /// Non-zero pages not sent because the destination held them already.
+    #[serde(default)]
+    pub pages_reused: u64,
+    /// Page bytes those saved (`pages_reused` x 4096).
+    #[serde(default)]
+    pub bytes_saved: u64,
+}
+
+/// `POST /v1/guests/ID/migrate`: move a guest to another node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MigrateRequest {
+    /// The destination node's API address.
+    pub to: String,
+    /// `cold` or `precopy` (default `precopy`).
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Pre-copy downtime budget in milliseconds.
+    #[serde(default)]
+    pub max_downtime_ms: Option<u64>,
+    /// Dirty tracking: `auto`, `uffd` or `hash`.
+    #[serde(default)]
+    pub dirty: Option<String>,
+}
+
+/// The reply to a [`MigrateRequest`]: the migration runs in the background.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MigrateStarted {
+    /// Its id, for `GET /v1/migrations/MID`.
+    pub migration: String,
+}
+
+/// Where a migration a node sends stands.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationState {
+    /// Under way.
+    #[default]
+    Running,
+    /// The guest runs at the destination.
+    Done,
+    /// The guest runs on at the source.
+    Failed,
+}
+
+/// `GET /v1/migrations/MID`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct MigrationStatus {
+    /// Migration id.
+    pub id: String,
+    /// Guest id.
+    pub guest: String,
+    /// Running, done or failed.
+    pub state: MigrationState,
+    /// Progress so far.
+    pub progress: Progress,
+    /// The report, once done.
+    pub report: Option<Report>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
