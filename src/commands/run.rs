@@ -141,7 +141,6 @@ pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `--detach`: boots the guest on a node and prints its id.
 fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
-    use base64::Engine as _;
     let Some(node) = &a.node else {
         anyhow::bail!("--detach needs a node: give --node HOST:PORT or set TERN_NODE");
     };
@@ -155,9 +154,14 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // The module travels once per node, by hash; the node compiles it as
+    // it arrives.
+    let client = crate::client::connect(node, &a.access)?;
+    let hash = client.upload_once(wasm)?;
     let spec = tern_api::BootSpec {
         name,
-        module_b64: base64::engine::general_purpose::STANDARD.encode(wasm),
+        module: Some(hash),
+        module_b64: String::new(),
         args: a.args.clone(),
         env: a.env.clone(),
         dirs,
@@ -166,7 +170,7 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         cpu_weight: a.cpu_weight,
         cpu_quota: a.cpu_quota,
     };
-    let id = crate::client::connect(node, &a.access)?.boot(&spec)?;
+    let id = client.boot(&spec)?;
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }

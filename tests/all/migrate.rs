@@ -225,6 +225,93 @@ fn migrate_there_and_back_precopy_then_cold() {
     assert_eq!(ps[0]["state"], "moved", "{ps}");
 }
 
+/// One raw HTTP/1.0 request to a node's API: (status, body).
+fn http(n: &NodeProc, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&n.api).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (status, body.to_string())
+}
+
+fn events(n: &NodeProc, event: &str) -> usize {
+    let tag = format!("\"event\":\"{event}\"");
+    n.log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(&tag))
+        .count()
+}
+
+#[test]
+fn a_module_travels_once_per_node() {
+    // About 10 s each (32 pages of 4 KiB an iteration, paced to 10 MB/s):
+    // both guests still run when they are moved.
+    const SHORT: &[&str] = &[
+        "--mem",
+        "8",
+        "--window",
+        "32",
+        "--rate",
+        "10",
+        "--iterations",
+        "800",
+    ];
+    let want = reference(SHORT);
+    let a = NodeProc::start("a", &[]);
+    let b = NodeProc::start("b", &[]);
+    // Two guests of one module: it is stored (and compiled) once.
+    let first = detach(&a, SHORT);
+    let second = detach(&a, SHORT);
+    assert_eq!(
+        events(&a, "module_stored"),
+        1,
+        "{:?}",
+        a.log.lock().unwrap()
+    );
+    let (status, list) = http(&a, "GET", "/v1/modules", b"");
+    assert_eq!(status, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    // The first migration to B brings the module; the second finds it there.
+    let r = migrate(&a, &first, &b, "precopy");
+    assert!(r["module_bytes"].as_u64().unwrap() > 10_000, "{r}");
+    let r = migrate(&a, &second, &b, "precopy");
+    assert_eq!(r["module_bytes"], 0, "B holds the module already: {r}");
+    for id in [&first, &second] {
+        let (code, log) = wait_and_log(&b, id);
+        assert_eq!(code, "0");
+        assert_same_output("dirtier, module sent once", &log, &want);
+    }
+    // A module whose bytes are not what its hash says is refused in one line.
+    let wasm = std::fs::read(guest("dirtier")).unwrap();
+    let wrong = "0".repeat(64);
+    let (status, body) = http(&b, "PUT", &format!("/v1/modules/{wrong}"), &wasm);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("BLAKE3") && !body.contains('\n'), "{body}");
+    let (status, body) = http(&b, "GET", "/v1/modules/nothex", b"");
+    assert_eq!(status, 400, "{body}");
+    // A boot naming a module the node does not hold says what to do.
+    let boot = format!(r#"{{"name":"x","module":"{wrong}","args":[],"env":[],"dirs":[]}}"#);
+    let (status, body) = http(&b, "POST", "/v1/guests", boot.as_bytes());
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("PUT /v1/modules/"), "{body}");
+}
+
 #[test]
 fn kept_images_expire() {
     let want = reference(DIRTIER);

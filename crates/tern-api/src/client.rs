@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use crate::migration::{MigrateRequest, MigrateStarted, MigrationStatus, Report};
 use crate::types::{
-    BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, GuestRecord, NodeInfo,
-    RestoreRequest,
+    module_hash, BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, GuestRecord,
+    ModuleStatus, NodeInfo, RestoreRequest,
 };
 
 /// Why a call failed, in one line.
@@ -239,6 +239,37 @@ impl NodeClient {
     /// One guest.
     pub fn guest(&self, id: &str) -> Result<GuestRecord, Error> {
         self.get(&format!("/v1/guests/{id}"), Duration::from_secs(60))
+    }
+
+    /// A module stored on the node, if it holds it.
+    pub fn module(&self, hash: &str) -> Result<Option<ModuleStatus>, Error> {
+        match self.get(&format!("/v1/modules/{hash}"), Duration::from_secs(30)) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores a module on the node under its BLAKE3 hash (the node prepares
+    /// and compiles it as it arrives).
+    pub fn put_module(&self, bytes: &[u8]) -> Result<ModuleStatus, Error> {
+        let path = format!("/v1/modules/{}", module_hash(bytes));
+        let r = self
+            .request("PUT", &path, Duration::from_secs(600))
+            .set("content-type", "application/wasm")
+            .send_bytes(bytes);
+        let resp = self.check(r)?;
+        self.json(resp)
+    }
+
+    /// Makes sure the node holds a module, sending it only if it does not;
+    /// returns its hash, for [`BootSpec::module`].
+    pub fn upload_once(&self, bytes: &[u8]) -> Result<String, Error> {
+        let hash = module_hash(bytes);
+        if self.module(&hash)?.is_none() {
+            self.put_module(bytes)?;
+        }
+        Ok(hash)
     }
 
     /// Boots a guest; returns its id.

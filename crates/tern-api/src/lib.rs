@@ -13,6 +13,7 @@ pub mod types;
 pub use client::NodeClient;
 pub use migration::{MigrateRequest, MigrationState, MigrationStatus, Progress, Report, RoundStat};
 pub use types::{
-    BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, GuestLimits, GuestRecord,
-    GuestState, NodeClass, NodeInfo, RestoreRequest,
+    check_module_hash, module_hash, BootSpec, CheckpointReply, CheckpointRequest, Created,
+    ErrorBody, GuestLimits, GuestRecord, GuestState, ModuleState, ModuleStatus, NodeClass,
+    NodeInfo, RestoreRequest,
 };

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 /// Where a migration is, for progress bars.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
-    /// `connecting`, `copying`, `stopping`, `handover`, `done`.
+    /// `connecting`, `offering the module`, `sending the module`,
+    /// `destination compiling the module (N s)`, `copying`, `stopping`,
+    /// `handover`, `done`.
     pub phase: String,
     /// Current pre-copy round (1-based; 0 before the first).
     pub round: u32,
@@ -77,6 +79,9 @@ pub struct Report {
     /// Page bytes those saved (`pages_reused` x 4096).
     #[serde(default)]
     pub bytes_saved: u64,
+    /// Bytes of module sent (0: the destination held it already).
+    #[serde(default)]
+    pub module_bytes: u64,
 }
 
 /// `POST /v1/guests/ID/migrate`: move a guest to another node.

@@ -182,7 +182,13 @@ impl GuestRecord {
 pub struct BootSpec {
     /// Name shown by `ps`.
     pub name: String,
-    /// The wasm module, base64.
+    /// The module, by the BLAKE3 hash (64 hex digits) it was stored under
+    /// on the node (`PUT /v1/modules/HASH`). Give this or `module_b64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// The wasm module itself, base64 (the older way: it travels on every
+    /// boot).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub module_b64: String,
     /// Guest arguments (after argv[0]).
     pub args: Vec<String>,
@@ -247,4 +253,51 @@ pub struct CheckpointReply {
 pub struct ErrorBody {
     /// One line naming the problem.
     pub error: String,
+}
+
+/// Where a module stored on a node stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleState {
+    /// Stored; being prepared and compiled.
+    Compiling,
+    /// Prepared and compiled: guests start from it without waiting.
+    Ready,
+    /// It cannot run here (see `error`).
+    Failed,
+}
+
+/// `GET /v1/modules/HASH`, and the reply to `PUT /v1/modules/HASH`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModuleStatus {
+    /// BLAKE3 hash of the module's bytes, 64 hex digits.
+    pub hash: String,
+    /// Its size.
+    pub bytes: u64,
+    /// Compiling, ready or failed.
+    pub state: ModuleState,
+    /// Why it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The BLAKE3 hash of a module, as the API names it (64 lower-case hex
+/// digits).
+pub fn module_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// Checks a module hash given by a caller: 64 lower-case hex digits.
+pub fn check_module_hash(s: &str) -> Result<(), String> {
+    if s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a module hash (64 lower-case hex digits of BLAKE3)",
+            s.chars().take(80).collect::<String>()
+        ))
+    }
 }

@@ -45,6 +45,14 @@ pub trait DestHost {
     fn max_log(&self) -> u64 {
         DEFAULT_MAX_LOG
     }
+    /// The prepared module whose BLAKE3 digest is `digest`, when this node
+    /// holds it (protocol 3: then the source does not send it).
+    fn module(&self, _digest: &[u8; 32]) -> Option<Vec<u8>> {
+        None
+    }
+    /// A module arrived and compiled: keep it for the next guest that
+    /// brings the same one.
+    fn keep_module(&self, _digest: &[u8; 32], _module: &[u8]) {}
 }
 
 /// Most log bytes accepted from a peer when the host sets no limit.
@@ -168,8 +176,18 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                 b.module_len
             )));
         }
-        let mut module = Vec::new();
-        while (module.len() as u64) < b.module_len {
+        // Protocol 3: a module this node holds is not sent again.
+        let held = if b.version >= 3 {
+            host.module(&meta.prepared_digest)
+        } else {
+            None
+        };
+        if b.version >= 3 {
+            c.send_now(&Message::ModuleWanted(held.is_none()))?;
+        }
+        let arrived = held.is_none();
+        let mut module = held.unwrap_or_default();
+        while arrived && (module.len() as u64) < b.module_len {
             match c.recv()? {
                 Message::ModuleChunk(bytes) => {
                     if module.len() as u64 + bytes.len() as u64 > b.module_len {
@@ -182,29 +200,39 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
                 other => return Err(proto::unexpected(&other, "ModuleChunk")),
             }
         }
-        let mut incoming = Incoming::new(host.runtime(), &module, &meta)
-            .map_err(|e| MigrateError::Guest(e.to_string()))?;
+        let rt = host.runtime();
+        let mut incoming = working(c, b.version, "compiling the module", || {
+            Incoming::new(rt, &module, &meta)
+        })?
+        .map_err(|e| MigrateError::Guest(e.to_string()))?;
+        if arrived {
+            host.keep_module(&meta.prepared_digest, &module);
+        }
         drop(module);
         let grow = |incoming: &mut Incoming, size: u64| {
             incoming
                 .set_memory_size(size)
                 .map_err(|e| MigrateError::Guest(e.to_string()))
         };
-        if b.version >= 2 {
-            // Start from the guest as it left this node, if it did, and tell
-            // the source what that holds. A base that cannot be used is no
-            // base: the source then sends everything.
-            let base = host.base_image(&b.guest).and_then(|path| {
-                load_base(&mut incoming, &path, &meta, b.memory_size)
+        // Start from the guest as it left this node, if it did, and tell
+        // the source what that holds. A base that cannot be used is no
+        // base: the source then sends everything.
+        let base = match host.base_image(&b.guest) {
+            Some(path) => {
+                let loaded = working(c, b.version, "loading the guest's last image", || {
+                    load_base(&mut incoming, &path, &meta, b.memory_size)
+                })?;
+                loaded
                     .map_err(|why| host.base_unusable(&b.guest, &path, &why))
                     .ok()
-            });
-            let held = base.map_or(0, |size| size as usize);
-            for msg in hash_messages(&incoming.memory_mut()[..held]) {
-                c.send(&msg)?;
             }
-            c.flush()?;
+            None => None,
+        };
+        let held = base.map_or(0, |size| size as usize);
+        for msg in hash_messages(&incoming.memory_mut()[..held]) {
+            c.send(&msg)?;
         }
+        c.flush()?;
         grow(&mut incoming, b.memory_size)?;
         let mut log = Vec::new();
         loop {
@@ -282,6 +310,46 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
             "the source kept the guest after the connection broke".into(),
         ))
     }
+}
+
+/// Runs `step` on a thread of its own and, from protocol 3 on, tells the
+/// source it is under way every [`proto::WORKING_EVERY`]: a long step
+/// (compiling a large module under emulation takes tens of seconds) must
+/// not look like a dead peer to the source's read timeout.
+fn working<T: Send>(
+    c: &mut Link,
+    version: u32,
+    what: &str,
+    step: impl FnOnce() -> T + Send,
+) -> Result<T, MigrateError> {
+    if version < 3 {
+        return Ok(step());
+    }
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name("tern-mig-step".into())
+            .stack_size(tern_vm::GUEST_THREAD_STACK)
+            .spawn_scoped(s, step)
+            .map_err(|e| MigrateError::Local(format!("{what}: {e}")))?;
+        let mut next = Instant::now();
+        loop {
+            if handle.is_finished() {
+                // A panic in the step is the step's failure, reported as one.
+                return handle
+                    .join()
+                    .map_err(|_| MigrateError::Local(format!("{what} failed")));
+            }
+            if Instant::now() >= next {
+                c.send_now(&Message::Working {
+                    what: what.to_string(),
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                })?;
+                next += proto::WORKING_EVERY;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
 }
 
 /// The connection broke after `Restored` and before `Commit`: ask the source

@@ -20,10 +20,14 @@ use crate::MigrateError;
 /// First bytes of every `Hello`: a listener that sees anything else hangs up.
 pub const MAGIC: [u8; 8] = *b"TERNMIG\0";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The oldest version this build still accepts: the previous one
-/// (`PROTOCOL_VERSION - 1`), but never below 1, the first version.
-pub const OLDEST_VERSION: u32 = 1;
+/// (`PROTOCOL_VERSION - 1`).
+pub const OLDEST_VERSION: u32 = 2;
+/// How often a side busy with a long step (compiling a module, loading a
+/// base image) says so with [`Message::Working`] (protocol 3), well inside
+/// the peer's read timeout.
+pub const WORKING_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Largest frame accepted or sent, in bytes (payload, without the length).
 pub const MAX_FRAME: usize = 8 << 20;
 /// Largest module chunk in one frame.
@@ -123,7 +127,9 @@ pub enum Message {
         /// Listener's ISA.
         arch: String,
     },
-    /// Source -> destination: a guest is coming. Module chunks follow.
+    /// Source -> destination: a guest is coming. Module chunks follow (up to
+    /// protocol 2 always; from 3 only when the destination answers
+    /// [`Message::ModuleWanted`] with true).
     Begin {
         /// Id of this migration (for `Resolve`).
         migration_id: String,
@@ -202,6 +208,19 @@ pub enum Message {
         /// True when the source let go (the destination must run the guest).
         destination: bool,
     },
+    /// Destination -> source (protocol 3), right after `Begin`: true when
+    /// the module must be sent; false when this node already holds the
+    /// module whose digest `Begin`'s metadata names (a module travels once
+    /// per node).
+    ModuleWanted(bool),
+    /// Either way (protocol 3): busy with a long step, still there. Sent
+    /// when the step starts and every [`WORKING_EVERY`] until it ends.
+    Working {
+        /// The step, in a few words (`compiling the module`).
+        what: String,
+        /// Milliseconds since it started.
+        elapsed_ms: u64,
+    },
 }
 
 impl Message {
@@ -223,6 +242,8 @@ impl Message {
             Message::Abort(_) => "Abort",
             Message::Resolve { .. } => "Resolve",
             Message::Owner { .. } => "Owner",
+            Message::ModuleWanted(_) => "ModuleWanted",
+            Message::Working { .. } => "Working",
         }
     }
 }

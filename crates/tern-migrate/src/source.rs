@@ -254,17 +254,33 @@ pub fn migrate(
         module_len: module.len() as u64,
         memory_size: mem.len() as u64,
     })?;
-    for chunk in module.chunks(MODULE_CHUNK) {
-        link.send(&Message::ModuleChunk(chunk.to_vec()))?;
-    }
-    // From protocol 2 on, the destination says what it still holds of the
-    // guest from when it last left it.
-    let base = if version >= 2 {
+    // From protocol 3 on, the destination says whether it holds the
+    // module already; before, it always wants it.
+    let wanted = if version >= 3 {
         link.flush()?;
-        Base::receive(|| link.recv())?
+        prog.phase = "offering the module".into();
+        progress(&prog);
+        match recv_working(&mut link, &mut prog, progress)? {
+            Message::ModuleWanted(w) => w,
+            other => return Err(proto::unexpected(&other, "ModuleWanted")),
+        }
     } else {
-        Base::default()
+        true
     };
+    let module_start = link.bytes;
+    if wanted {
+        prog.phase = "sending the module".into();
+        progress(&prog);
+        for chunk in module.chunks(MODULE_CHUNK) {
+            link.send(&Message::ModuleChunk(chunk.to_vec()))?;
+        }
+    }
+    let module_bytes = link.bytes - module_start;
+    // The destination says what it still holds of the guest from when it
+    // last left it (after compiling the module, which protocol 3 reports
+    // as it goes).
+    link.flush()?;
+    let base = Base::receive(|| recv_working(&mut link, &mut prog, progress))?;
     let mut first_copy = FirstCopy {
         base: &base,
         reused: 0,
@@ -403,7 +419,28 @@ pub fn migrate(
         base_pages: base.pages(),
         pages_reused: first_copy.reused,
         bytes_saved: first_copy.reused * PAGE as u64,
+        module_bytes,
     })
+}
+
+/// The next message from the destination, passing over its `Working` notes
+/// (protocol 3): each one shows as progress (`destination compiling the
+/// module (12 s)`) and, by arriving, keeps the read timeout from expiring
+/// while the destination is busy.
+fn recv_working(
+    link: &mut Link,
+    prog: &mut Progress,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Message, MigrateError> {
+    loop {
+        match link.recv()? {
+            Message::Working { what, elapsed_ms } => {
+                prog.phase = format!("destination {what} ({} s)", elapsed_ms / 1000);
+                progress(prog);
+            }
+            other => return Ok(other),
+        }
+    }
 }
 
 /// Extends tracking to memory the guest grew since the last look.

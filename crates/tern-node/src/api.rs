@@ -55,7 +55,7 @@ use tern_tls::{Identity, Role};
 use crate::runner::RunState;
 use crate::{log_event, Error, Node};
 
-/// Largest request body accepted (a module travels base64 in one).
+/// Largest request body accepted (a module, raw or base64).
 const MAX_BODY: usize = 512 << 20;
 
 /// Most log bytes one `logs` reply carries (the client asks again).
@@ -188,6 +188,8 @@ fn router(node: Arc<Node>, auth: Auth) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/guests", get(guests).post(boot))
         .route("/v1/restore", post(restore))
+        .route("/v1/modules", get(modules))
+        .route("/v1/modules/{hash}", get(module).put(put_module))
         .route("/v1/guests/{id}", get(guest))
         .route("/v1/guests/{id}/logs", get(logs))
         .route("/v1/guests/{id}/wait", get(wait))
@@ -274,6 +276,31 @@ async fn boot(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply 
     drop(bytes);
     let id = blocking(move || node.boot(spec)).await?;
     ok(StatusCode::CREATED, Created { id })
+}
+
+async fn modules(State(node): State<Arc<Node>>) -> Reply {
+    let m = blocking(move || Ok(node.modules())).await?;
+    ok(StatusCode::OK, m)
+}
+
+async fn module(State(node): State<Arc<Node>>, Path(hash): Path<String>) -> Reply {
+    ok(StatusCode::OK, node.module(&hash)?)
+}
+
+/// `PUT /v1/modules/HASH`: the body is the module's bytes; 201 when it is
+/// new here (it compiles in the background), 200 when the node had it.
+async fn put_module(
+    State(node): State<Arc<Node>>,
+    Path(hash): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Reply {
+    let (new, status) = blocking(move || node.put_module(&hash, bytes.to_vec())).await?;
+    let code = if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    ok(code, status)
 }
 
 async fn restore(State(node): State<Arc<Node>>, bytes: axum::body::Bytes) -> Reply {

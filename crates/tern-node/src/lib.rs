@@ -29,6 +29,7 @@ pub mod events;
 pub mod limits;
 pub mod metrics;
 pub mod migration;
+pub mod modules;
 pub mod node;
 pub mod registry;
 pub mod runner;

@@ -314,6 +314,12 @@ impl tern_migrate::DestHost for Dest {
             let _ = std::fs::remove_dir_all(self.0.guest_dir(&guest.id));
         }
     }
+    fn module(&self, digest: &[u8; 32]) -> Option<Vec<u8>> {
+        self.0.modules.prepared(digest)
+    }
+    fn keep_module(&self, digest: &[u8; 32], module: &[u8]) {
+        self.0.modules.keep_prepared(digest, module);
+    }
     fn base_image(&self, guest: &GuestInfo) -> Option<PathBuf> {
         self.0.departed.find(&guest.id)
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tern_api::{BootSpec, GuestLimits, GuestState, MigrationStatus, NodeInfo};
+use tern_api::{BootSpec, GuestLimits, GuestState, MigrationStatus, ModuleStatus, NodeInfo};
 use tern_migrate::GuestInfo;
 use tern_vm::wasi::{OutputSink, WasiConfig, WasiCtx};
 use tern_vm::{Guest, Runtime};
@@ -38,6 +38,8 @@ pub struct Node {
     /// Log budgets of guests arriving by migration, from `open_log` to
     /// `adopt`.
     pub(crate) arriving_logs: Mutex<BTreeMap<String, Arc<limits::LogBudget>>>,
+    /// Modules stored here by hash.
+    pub(crate) modules: crate::modules::Modules,
     /// Counters.
     pub metrics: Metrics,
 }
@@ -69,6 +71,7 @@ impl Node {
         std::fs::create_dir_all(config.data_dir.join("guests"))
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
         let registry = Registry::load(&config.data_dir)?;
+        let config_dir = config.data_dir.clone();
         let departed = Arc::new(departed::Departed::open(
             &config.data_dir,
             config.keep_departed,
@@ -97,6 +100,7 @@ impl Node {
             departed,
             cpu,
             arriving_logs: Mutex::new(BTreeMap::new()),
+            modules: crate::modules::Modules::open(&config_dir)?,
             metrics: Metrics::default(),
         });
         crate::migration::listen(node.clone(), listener)?;
@@ -269,13 +273,23 @@ impl Node {
             .limits
             .for_boot(&requested(&spec))
             .map_err(Error::BadRequest)?;
-        let wasm = base64::engine::general_purpose::STANDARD
-            .decode(spec.module_b64.as_bytes())
-            .map_err(|e| Error::BadRequest(format!("module is not valid base64: {e}")))?;
-        let cache = tern_prepare::Cache::new(tern_prepare::default_cache_dir());
-        let prepared = cache
-            .prepare(&wasm, &Default::default())
-            .map_err(|e| Error::BadRequest(format!("cannot prepare {}: {e}", spec.name)))?;
+        let wasm = match (&spec.module, spec.module_b64.is_empty()) {
+            (Some(hash), true) => self.modules.get(hash)?,
+            (None, false) => base64::engine::general_purpose::STANDARD
+                .decode(spec.module_b64.as_bytes())
+                .map_err(|e| Error::BadRequest(format!("module is not valid base64: {e}")))?,
+            (Some(_), false) => {
+                return Err(Error::BadRequest(
+                    "give the module by hash (`module`) or inline (`module_b64`), not both".into(),
+                ))
+            }
+            (None, true) => {
+                return Err(Error::BadRequest(
+                    "no module: give its hash (`module`) or its bytes (`module_b64`)".into(),
+                ))
+            }
+        };
+        let prepared = self.prepare(&wasm, &spec.name)?;
         let id = new_id(&spec.name);
         let (log, out, err, budget) = self.new_log(&id, b"")?;
         let mut args = vec![spec.name.clone()];
@@ -312,6 +326,78 @@ impl Node {
         }
         self.start(info, guest, dir.join("log"), budget, None, true)
             .inspect_err(|_| drop(log))
+    }
+
+    /// The prepared form of `wasm` (from the prepare cache when there), kept
+    /// by digest for migrations that bring the same module later.
+    fn prepare(&self, wasm: &[u8], name: &str) -> Result<tern_prepare::Prepared, Error> {
+        let cache = tern_prepare::Cache::new(tern_prepare::default_cache_dir());
+        let prepared = cache
+            .prepare(wasm, &Default::default())
+            .map_err(|e| Error::BadRequest(format!("cannot prepare {name}: {e}")))?;
+        self.modules
+            .keep_prepared(&prepared.prepared_digest, &prepared.module);
+        Ok(prepared)
+    }
+
+    /// Stores a module under its hash and, when it is new here, prepares
+    /// and compiles it in the background (`GET /v1/modules/HASH` says when
+    /// it is ready; a boot naming it waits for that).
+    pub fn put_module(
+        self: &Arc<Self>,
+        hash: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(bool, ModuleStatus), Error> {
+        let new = self.modules.store(hash, &bytes)?;
+        if new {
+            log_event(
+                "module_stored",
+                serde_json::json!({ "module": hash, "bytes": bytes.len() }),
+            );
+            let node = self.clone();
+            let owned = hash.to_string();
+            let spawned = std::thread::Builder::new()
+                .name("compile".into())
+                .spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    let result = node
+                        .prepare(&bytes, &owned)
+                        .and_then(|p| {
+                            node.runtime
+                                .compile(&p.module, &p.prepared_digest)
+                                .map(drop)
+                                .map_err(|e| Error::BadRequest(e.to_string()))
+                        })
+                        .map_err(|e| e.to_string());
+                    log_event(
+                        "module_compiled",
+                        serde_json::json!({ "module": owned, "ms": t0.elapsed().as_millis() as u64,
+                            "error": result.as_ref().err() }),
+                    );
+                    node.modules.compiled(&owned, result);
+                });
+            if let Err(e) = spawned {
+                self.modules
+                    .compiled(hash, Err(format!("cannot start compiling: {e}")));
+            }
+        }
+        let status = self
+            .modules
+            .status(hash)?
+            .ok_or_else(|| Error::Internal(format!("module {hash} vanished")))?;
+        Ok((new, status))
+    }
+
+    /// Where module `hash` stands here.
+    pub fn module(&self, hash: &str) -> Result<ModuleStatus, Error> {
+        self.modules
+            .status(hash)?
+            .ok_or_else(|| Error::NotFound(format!("no module {hash} on this node")))
+    }
+
+    /// Every module stored here.
+    pub fn modules(&self) -> Vec<ModuleStatus> {
+        self.modules.list()
     }
 
     /// Restores an image file (on this node's filesystem) as a running guest.
