@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Tern needs on a fresh Debian 12 machine (idempotent):
 # clang + wasi-libc to build guests, binaryen (wasm-opt) for the Asyncify oracle the tests compare against, wabt,
-# iproute2 for the network-namespace tests.
+# iproute2 for the network-namespace tests, etcd for the controller's tests (tern-etcd).
 set -euo pipefail
 
 need=()
@@ -15,6 +15,8 @@ command -v wasm2wat >/dev/null || need+=(wabt)
 command -v bc >/dev/null || need+=(bc)
 # network namespaces, veth and tc for the migration tests over limited links
 command -v ip >/dev/null && command -v tc >/dev/null || need+=(iproute2)
+# etcd: the controller's store; tern-etcd's tests start a real one
+command -v etcd >/dev/null || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
