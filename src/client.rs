@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-pub use tern_api::NodeClient;
+pub use tern_api::{ControllerClient, NodeClient};
 
 /// How the CLI proves who it is to nodes.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -26,7 +26,7 @@ pub struct Access {
 }
 
 impl Access {
-    fn tls(&self) -> anyhow::Result<Option<Arc<tern_tls::rustls::ClientConfig>>> {
+    pub fn tls(&self) -> anyhow::Result<Option<Arc<tern_tls::rustls::ClientConfig>>> {
         let Some(dir) = &self.tls_dir else {
             return Ok(None);
         };
@@ -41,7 +41,7 @@ impl Access {
         Ok(Some(config))
     }
 
-    fn token(&self) -> anyhow::Result<Option<String>> {
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
         match &self.token_file {
             Some(f) => Ok(Some(tern_tls::token::read_client_token(f)?)),
             None => Ok(None),
@@ -49,14 +49,59 @@ impl Access {
     }
 }
 
-/// Which node a command talks to.
+/// Which node a command talks to: a node, or a controller that knows
+/// where the guest runs now.
 #[derive(clap::Args, Debug, Clone)]
 pub struct NodeArg {
     /// The node's API address (`HOST:PORT`, or a URL).
-    #[arg(long = "node", env = "TERN_NODE", value_name = "URL")]
-    pub node: String,
+    #[arg(
+        long = "node",
+        env = "TERN_NODE",
+        value_name = "URL",
+        required_unless_present = "controller"
+    )]
+    pub node: Option<String>,
+    /// A controller's API address (`tern controller`): the command follows
+    /// the guest to whichever node runs it now. Wins over --node.
+    #[arg(long, env = "TERN_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
     #[command(flatten)]
     pub access: Access,
+}
+
+impl NodeArg {
+    /// The controller, when one is given.
+    pub fn controller(&self) -> anyhow::Result<Option<ControllerClient>> {
+        self.controller
+            .as_deref()
+            .map(|c| controller(c, &self.access))
+            .transpose()
+    }
+
+    /// The node the command is aimed at (`--node`).
+    pub fn node(&self) -> anyhow::Result<NodeClient> {
+        match &self.node {
+            Some(n) => connect(n, &self.access),
+            None => anyhow::bail!("give --node HOST:PORT or set TERN_NODE"),
+        }
+    }
+
+    /// The node running guest `id` now: asked of the controller when one
+    /// is given, else `--node`.
+    pub fn for_guest(&self, id: &str) -> anyhow::Result<NodeClient> {
+        match self.controller()? {
+            Some(c) => {
+                let at = c.locate(id)?;
+                connect(&at.api, &self.access)
+            }
+            None => self.node(),
+        }
+    }
+}
+
+/// A controller's API client with `access`'s credentials.
+pub fn controller(addr: &str, access: &Access) -> anyhow::Result<ControllerClient> {
+    Ok(ControllerClient::new(addr, access.tls()?, access.token()?))
 }
 
 /// A node's API client with `access`'s credentials, for the node at

@@ -47,6 +47,11 @@ enum Command {
     Migrate(commands::migrate::MigrateArgs),
     /// Make a cluster CA, node and client certificates, and API tokens.
     Certs(commands::certs::CertsArgs),
+    /// Run the controller: places guests and moves them by itself, by
+    /// load (offload to boards and back) or by energy.
+    Controller(commands::controller::ControllerArgs),
+    /// Show the cluster as a controller sees it, and its recent moves.
+    Cluster(commands::cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,8 @@ fn main() -> ExitCode {
         Command::Checkpoint(args) => commands::checkpoint::main(args),
         Command::Migrate(args) => commands::migrate::main(args),
         Command::Certs(args) => commands::certs::main(args),
+        Command::Controller(args) => commands::controller::main(args),
+        Command::Cluster(args) => commands::cluster::main(args),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client::{absolute, connect, NodeArg};
+use crate::client::{absolute, NodeArg};
 
 /// Arguments of `tern checkpoint`.
 #[derive(Args, Debug)]
@@ -28,7 +28,7 @@ pub fn main(a: CheckpointArgs) -> anyhow::Result<ExitCode> {
         path: absolute(&a.image)?,
         leave_running: a.leave_running,
     };
-    let r = connect(&a.node.node, &a.node.access)?.checkpoint(&a.id, &req)?;
+    let r = a.node.for_guest(&a.id)?.checkpoint(&a.id, &req)?;
     crate::common::say(format_args!(
         "checkpoint written to {} ({} bytes; {} pages present){}",
         a.image.display(),

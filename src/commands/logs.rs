@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::client::{connect, NodeArg};
+use crate::client::NodeArg;
 
 /// Arguments of `tern logs`.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
     #[command(flatten)]
     node: NodeArg,
-    /// Keep printing new output until the guest ends or leaves the node.
+    /// Keep printing new output until the guest ends (following it when it
+    /// moves to another node).
     #[arg(short, long)]
     follow: bool,
     /// The guest id.
@@ -23,7 +24,7 @@ pub struct LogsArgs {
 
 /// Runs `tern logs`.
 pub fn main(a: LogsArgs) -> anyhow::Result<ExitCode> {
-    let c = connect(&a.node.node, &a.node.access)?;
+    let mut c = a.node.for_guest(&a.id)?;
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
@@ -32,15 +33,16 @@ pub fn main(a: LogsArgs) -> anyhow::Result<ExitCode> {
         out.flush()?;
         offset += bytes.len() as u64;
         let live = state == "running" || state == "paused";
+        // The guest left: its whole log went with it; read on there.
+        if let (true, Some(to)) = (bytes.is_empty(), state.strip_prefix("moved ")) {
+            if a.follow {
+                crate::common::say(format_args!("guest {} moved to {to}", a.id));
+            }
+            c = c.at(to);
+            continue;
+        }
         // Without -f, read until the log has nothing more to give.
         if bytes.is_empty() && (!a.follow || !live) {
-            if a.follow && state.starts_with("moved") {
-                crate::common::say(format_args!(
-                    "guest {} moved to {}",
-                    a.id,
-                    state.trim_start_matches("moved ")
-                ));
-            }
             return Ok(ExitCode::SUCCESS);
         }
         if bytes.is_empty() {

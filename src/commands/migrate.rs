@@ -8,7 +8,7 @@ use anyhow::bail;
 use clap::Args;
 use tern_api::{MigrateRequest, MigrationState};
 
-use crate::client::{connect, NodeArg};
+use crate::client::NodeArg;
 
 /// Arguments of `tern migrate`.
 #[derive(Args, Debug)]
@@ -17,7 +17,8 @@ pub struct MigrateArgs {
     node: NodeArg,
     /// The guest id.
     id: String,
-    /// The destination node's API address (HOST:PORT).
+    /// The destination node's API address (HOST:PORT); with --controller,
+    /// its name or address.
     #[arg(long, value_name = "ADDR")]
     to: String,
     /// `precopy`: copy memory while the guest runs, then stop it briefly;
@@ -38,12 +39,38 @@ pub struct MigrateArgs {
 
 /// Runs `tern migrate`.
 pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
-    let c = connect(&a.node.node, &a.node.access)?;
+    if let Some(ctl) = a.node.controller()? {
+        // The controller moves it, and records the move.
+        let m = ctl.migrate(&a.id, &a.to)?;
+        if m.state != tern_api::MoveState::Done {
+            bail!(
+                "migration of {} failed (the guest runs on at {}): {}",
+                a.id,
+                m.from,
+                m.error.as_deref().unwrap_or("unknown error")
+            );
+        }
+        if a.json {
+            println!("{}", serde_json::to_string(&m)?);
+        } else {
+            crate::common::say(format_args!(
+                "migrated {} from {} to {} (move {}), downtime {:.2} ms",
+                a.id,
+                m.from,
+                m.to,
+                m.seq,
+                m.downtime_ms.unwrap_or(0.0)
+            ));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = a.node.for_guest(&a.id)?;
     let req = MigrateRequest {
         to: a.to.clone(),
         strategy: Some(a.strategy.clone()),
         max_downtime_ms: Some(a.max_downtime),
         dirty: Some(a.dirty.clone()),
+        migration_id: None,
     };
     let mid = c.migrate(&a.id, &req)?;
     let bar = std::io::stderr().is_terminal().then(|| {

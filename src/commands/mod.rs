@@ -2,6 +2,8 @@
 
 pub mod certs;
 pub mod checkpoint;
+pub mod cluster;
+pub mod controller;
 pub mod inspect;
 pub mod logs;
 pub mod migrate;

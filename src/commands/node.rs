@@ -54,11 +54,92 @@ pub struct NodeArgs {
     /// address]
     #[arg(long, value_name = "SIZE", value_parser = crate::common::parse_memory_limit)]
     max_memory: Option<u64>,
+    /// CPU capacity the controller may fill, in cores (e.g. `0.25`)
+    /// [default: the CPU quota of the node's cgroup, else its cores].
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    cpus: Option<f64>,
+    /// Power model: watts drawn idle and with every core busy, e.g.
+    /// `2.7,6.4` [default by class: server 50,150; board 2.7,6.4; sources
+    /// in docs/controller.md].
+    #[arg(long, value_name = "IDLE_W,BUSY_W")]
+    power: Option<tern_api::PowerModel>,
+    /// Speed of one core against the reference x86_64 core (1.0) [default:
+    /// measured by a short calibration at start; give it where that is
+    /// noisy, or to model a machine in a benchmark].
+    #[arg(long, value_name = "FACTOR", value_parser = parse_speed)]
+    speed: Option<f64>,
+    /// Join the controller at this URL (`tern controller`), and keep
+    /// telling it this node is alive.
+    #[arg(long, value_name = "URL", conflicts_with = "etcd")]
+    join: Option<String>,
+    /// Register in etcd (`http://HOST:PORT`, comma-separated) for the
+    /// controllers sharing it, under a lease that lapses when this node
+    /// dies.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',')]
+    etcd: Vec<String>,
     /// Most output (stdout and stderr together) a guest's log may hold;
     /// a guest whose output reaches it is ended, state `limited`.
     #[arg(long, value_name = "SIZE", default_value = "64MiB",
           value_parser = crate::common::parse_size)]
     max_log: u64,
+}
+
+/// Parses a CPU capacity in cores: `0.25`, `1`, `8` (0.01 to 4096).
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.01..=4096.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "invalid CPU capacity `{s}`: give a number of cores from 0.01 to 4096, e.g. 0.25"
+        )),
+    }
+}
+
+/// Keeps `key` = `api` in etcd under a lease of 3 s, renewed from a thread
+/// of its own; a lapsed lease (etcd was unreachable too long) is replaced
+/// and the key written again.
+fn register(etcd: tern_etcd::Etcd, key: String, api: String) -> anyhow::Result<()> {
+    let (k, v) = (key.clone(), api);
+    let put = move |etcd: &tern_etcd::Etcd| -> Result<tern_etcd::LeaseKeeper, tern_etcd::Error> {
+        let keeper = tern_etcd::LeaseKeeper::start(etcd.clone(), 3)?;
+        etcd.put(&k, v.as_bytes(), Some(keeper.id()))?;
+        Ok(keeper)
+    };
+    let mut keeper = put(&etcd)?;
+    log_event(
+        "registered",
+        serde_json::json!({ "etcd": etcd.endpoints(), "key": key }),
+    );
+    std::thread::Builder::new()
+        .name("etcd".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if keeper.lost() {
+                match put(&etcd) {
+                    Ok(k) => {
+                        keeper = k;
+                        log_event(
+                            "registered",
+                            serde_json::json!({ "key": key, "again": true }),
+                        );
+                    }
+                    Err(e) => log_event(
+                        "etcd_unreachable",
+                        serde_json::json!({ "error": e.to_string() }),
+                    ),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Parses a core speed factor (0.0001 to 1000).
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0001..=1000.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "invalid speed `{s}`: give a factor from 0.0001 to 1000, e.g. 0.3"
+        )),
+    }
 }
 
 /// Runs the daemon until killed.
@@ -98,6 +179,9 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let api = bound.to_string();
+    let cpus = a.cpus.unwrap_or_else(tern_node::capacity::detect_cpus);
+    let power = a.power.unwrap_or_else(|| a.class.default_power());
+    let speed = a.speed.unwrap_or_else(tern_node::capacity::calibrate);
     let node = Node::open(NodeConfig {
         name: a.name.clone().unwrap_or_else(|| api.clone()),
         class: a.class,
@@ -111,6 +195,9 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
             max_memory: a.max_memory,
             max_log: a.max_log,
         },
+        cpus,
+        power,
+        speed,
     })
     .map_err(anyhow::Error::msg)?;
     let migrate_ip = node
@@ -135,8 +222,19 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         serde_json::json!({ "name": node.config.name, "class": node.config.class, "api": api,
             "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH,
             "security": security, "max_memory": a.max_memory, "max_log": a.max_log,
-            "cpu_control": node.cpu_control() }),
+            "cpu_control": node.cpu_control(), "cpus": cpus, "power": power,
+            "speed": (speed * 1000.0).round() / 1000.0, "join": a.join }),
     );
+    if let Some(url) = &a.join {
+        node.join(url);
+    }
+    if !a.etcd.is_empty() {
+        let etcd = tern_etcd::Etcd::connect(&a.etcd)?;
+        etcd.status()
+            .map_err(|e| anyhow::anyhow!("etcd at {}: {e}", a.etcd.join(",")))?;
+        let key = format!("/tern/nodes/{}", node.config.name);
+        register(etcd, key, api.clone())?;
+    }
     let auth = tern_node::api::Auth {
         tls: tls.map(|t| t.api),
         tokens,

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// The node for --detach (`HOST:PORT`).
     #[arg(long = "node", env = "TERN_NODE", value_name = "URL")]
     node: Option<String>,
+    /// With --detach: let this controller (`tern controller`) place the
+    /// guest on the node its policy picks. Wins over --node.
+    #[arg(long, env = "TERN_CONTROLLER", value_name = "URL")]
+    controller: Option<String>,
     #[command(flatten)]
     access: crate::client::Access,
     /// Arguments passed to the guest (after `--`).
@@ -141,9 +145,6 @@ pub fn main(a: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `--detach`: boots the guest on a node and prints its id.
 fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
-    let Some(node) = &a.node else {
-        anyhow::bail!("--detach needs a node: give --node HOST:PORT or set TERN_NODE");
-    };
     let mut dirs = Vec::new();
     for d in &a.dirs {
         let (host, guest) = parse_dir(d)?;
@@ -154,10 +155,9 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // The module travels once per node, by hash; the node compiles it as
-    // it arrives.
-    let client = crate::client::connect(node, &a.access)?;
-    let hash = client.upload_once(wasm)?;
+    // The module travels once per node (or controller), by hash; a node
+    // compiles it as it arrives.
+    let hash = tern_api::module_hash(wasm);
     let spec = tern_api::BootSpec {
         name,
         module: Some(hash),
@@ -170,7 +170,21 @@ fn detach(a: &RunArgs, wasm: &[u8]) -> anyhow::Result<ExitCode> {
         cpu_weight: a.cpu_weight,
         cpu_quota: a.cpu_quota,
     };
-    let id = client.boot(&spec)?;
+    let id = match (&a.controller, &a.node) {
+        (Some(ctl), _) => {
+            let c = crate::client::controller(ctl, &a.access)?;
+            c.upload_once(wasm)?;
+            c.boot(&spec)?.id
+        }
+        (None, Some(node)) => {
+            let c = crate::client::connect(node, &a.access)?;
+            c.upload_once(wasm)?;
+            c.boot(&spec)?
+        }
+        (None, None) => anyhow::bail!(
+            "--detach needs a node or a controller: give --node HOST:PORT (or TERN_NODE), or --controller URL (or TERN_CONTROLLER)"
+        ),
+    };
     println!("{id}");
     Ok(ExitCode::SUCCESS)
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client::{connect, NodeArg};
+use crate::client::NodeArg;
 
 /// Arguments of `tern stop`.
 #[derive(Args, Debug)]
@@ -17,7 +17,7 @@ pub struct StopArgs {
 
 /// Runs `tern stop`.
 pub fn main(a: StopArgs) -> anyhow::Result<ExitCode> {
-    let g = connect(&a.node.node, &a.node.access)?.stop(&a.id)?;
+    let g = a.node.for_guest(&a.id)?.stop(&a.id)?;
     crate::common::say(format_args!("guest {} is {}", a.id, g.state_label()));
     Ok(ExitCode::SUCCESS)
 }

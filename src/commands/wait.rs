@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::Args;
 use tern_api::GuestState;
 
-use crate::client::{connect, NodeArg};
+use crate::client::NodeArg;
 
 /// Arguments of `tern wait`.
 #[derive(Args, Debug)]
@@ -20,7 +20,7 @@ pub struct WaitArgs {
 
 /// Runs `tern wait`.
 pub fn main(a: WaitArgs) -> anyhow::Result<ExitCode> {
-    let mut c = connect(&a.node.node, &a.node.access)?;
+    let mut c = a.node.for_guest(&a.id)?;
     loop {
         let g = c.wait(&a.id, Duration::from_secs(20))?;
         match g.state {

@@ -3,6 +3,7 @@
 
 mod badinput;
 mod checkpoint;
+mod controller;
 mod cross;
 mod limits;
 mod migrate;

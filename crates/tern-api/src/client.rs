@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cluster::{ClusterView, JoinRequest, Joined, Located, MoveRecord, MoveRequest};
 use crate::migration::{MigrateRequest, MigrateStarted, MigrationStatus, Report};
 use crate::types::{
     module_hash, BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, GuestRecord,
@@ -204,9 +205,16 @@ impl NodeClient {
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, Error> {
-        let r = self
-            .request("POST", path, Duration::from_secs(600))
-            .send_json(body);
+        self.post_timeout(path, body, Duration::from_secs(600))
+    }
+
+    fn post_timeout<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        let r = self.request("POST", path, timeout).send_json(body);
         let resp = self.check(r)?;
         self.json(resp)
     }
@@ -343,6 +351,75 @@ impl NodeClient {
             node: self.base.clone(),
             why: e.to_string(),
         })
+    }
+}
+
+/// A controller's API (`tern controller`), with the same credentials
+/// handling as [`NodeClient`].
+#[derive(Clone)]
+pub struct ControllerClient {
+    http: NodeClient,
+}
+
+impl ControllerClient {
+    /// For the controller at `addr` (`HOST:PORT` or a URL).
+    pub fn new(
+        addr: &str,
+        tls: Option<Arc<tern_tls::rustls::ClientConfig>>,
+        token: Option<String>,
+    ) -> ControllerClient {
+        ControllerClient {
+            http: NodeClient::new(addr, tls, token),
+        }
+    }
+
+    /// The controller's base URL.
+    pub fn base(&self) -> &str {
+        self.http.base()
+    }
+
+    /// Joins the node whose API is at `api` (repeated: it is alive).
+    pub fn join(&self, api: &str) -> Result<Joined, Error> {
+        self.http.post_timeout(
+            "/v1/nodes",
+            &JoinRequest { api: api.into() },
+            Duration::from_secs(10),
+        )
+    }
+
+    /// The cluster as the controller sees it.
+    pub fn cluster(&self) -> Result<ClusterView, Error> {
+        self.http.get("/v1/cluster", Duration::from_secs(30))
+    }
+
+    /// Where every guest the controller knows is.
+    pub fn guests(&self) -> Result<Vec<Located>, Error> {
+        self.http.get("/v1/guests", Duration::from_secs(30))
+    }
+
+    /// Where one guest is now.
+    pub fn locate(&self, id: &str) -> Result<Located, Error> {
+        self.http
+            .get(&format!("/v1/guests/{id}"), Duration::from_secs(30))
+    }
+
+    /// Stores a module with the controller, sending it only if it lacks it;
+    /// returns its hash.
+    pub fn upload_once(&self, bytes: &[u8]) -> Result<String, Error> {
+        self.http.upload_once(bytes)
+    }
+
+    /// Places a guest on the node the policy picks; returns where.
+    pub fn boot(&self, spec: &BootSpec) -> Result<Located, Error> {
+        self.http.post("/v1/guests", spec)
+    }
+
+    /// Moves a guest to node `to`; returns the move once it ended.
+    pub fn migrate(&self, id: &str, to: &str) -> Result<MoveRecord, Error> {
+        self.http.post(
+            &format!("/v1/guests/{id}/migrate"),
+            &MoveRequest { to: to.into() },
+        )
     }
 }
 

@@ -7,13 +7,18 @@
 //! [`types::ErrorBody`] with a 4xx or 5xx status.
 
 pub mod client;
+pub mod cluster;
 pub mod migration;
 pub mod types;
 
-pub use client::NodeClient;
+pub use client::{ControllerClient, NodeClient};
+pub use cluster::{
+    ClusterView, JoinRequest, Joined, Located, MoveRecord, MoveRequest, MoveState, NodeHealth,
+    NodeView,
+};
 pub use migration::{MigrateRequest, MigrationState, MigrationStatus, Progress, Report, RoundStat};
 pub use types::{
     check_module_hash, module_hash, BootSpec, CheckpointReply, CheckpointRequest, Created,
     ErrorBody, GuestLimits, GuestRecord, GuestState, ModuleState, ModuleStatus, NodeClass,
-    NodeInfo, RestoreRequest,
+    NodeInfo, PowerModel, RestoreRequest,
 };

@@ -98,6 +98,11 @@ pub struct MigrateRequest {
     /// Dirty tracking: `auto`, `uffd` or `hash`.
     #[serde(default)]
     pub dirty: Option<String>,
+    /// The migration's id, chosen by the caller (a controller records it
+    /// before asking, so that after a crash it can ask how the move
+    /// ended); default: the node picks one. 1 to 64 of `[a-z0-9-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_id: Option<String>,
 }
 
 /// The reply to a [`MigrateRequest`]: the migration runs in the background.

@@ -17,6 +17,23 @@ pub enum NodeClass {
 }
 
 impl NodeClass {
+    /// The power model of a node of this class when `--power` gives none
+    /// (sources in `docs/controller.md`): a server, per core of a
+    /// two-socket Xeon (SPECpower); a board, a Raspberry Pi 4 (measured
+    /// by its vendor and reviewers: 2.7 W idle, 6.4 W with four busy cores).
+    pub fn default_power(self) -> PowerModel {
+        match self {
+            NodeClass::Server => PowerModel {
+                idle_w: 50.0,
+                busy_w: 150.0,
+            },
+            NodeClass::Board => PowerModel {
+                idle_w: 2.7,
+                busy_w: 6.4,
+            },
+        }
+    }
+
     /// Lower-case name, as on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,6 +77,61 @@ pub struct NodeInfo {
     pub version: String,
     /// Migration protocol version.
     pub protocol: u32,
+    /// CPU capacity in cores (`tern node --cpus`; default: the cores, or
+    /// the cgroup CPU quota, the node has).
+    #[serde(default)]
+    pub cpus: f64,
+    /// Power model: watts drawn idle and fully busy (`--power`).
+    #[serde(default)]
+    pub power: PowerModel,
+    /// Measured speed of one core against a reference x86_64 core (1.0):
+    /// a short calibration when the node starts.
+    #[serde(default)]
+    pub speed: f64,
+}
+
+/// A node's power draw, linear in its CPU use: `idle_w + (busy_w - idle_w)
+/// * used / cpus`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PowerModel {
+    /// Watts drawn with nothing running.
+    pub idle_w: f64,
+    /// Watts drawn with every core busy.
+    pub busy_w: f64,
+}
+
+impl Default for PowerModel {
+    fn default() -> Self {
+        NodeClass::Server.default_power()
+    }
+}
+
+impl PowerModel {
+    /// Watts drawn using `used` of `cpus` cores.
+    pub fn watts(&self, used: f64, cpus: f64) -> f64 {
+        let u = if cpus > 0.0 {
+            (used / cpus).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.idle_w + (self.busy_w - self.idle_w) * u
+    }
+}
+
+impl std::str::FromStr for PowerModel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not IDLE_W,BUSY_W (watts, e.g. 2.7,6.4)");
+        let (i, b) = s.split_once(',').ok_or_else(bad)?;
+        let idle_w: f64 = i.trim().parse().map_err(|_| bad())?;
+        let busy_w: f64 = b.trim().parse().map_err(|_| bad())?;
+        if !(idle_w >= 0.0 && busy_w >= idle_w && busy_w < 100_000.0) {
+            return Err(format!(
+                "power `{s}`: watts must satisfy 0 <= IDLE_W <= BUSY_W"
+            ));
+        }
+        Ok(PowerModel { idle_w, busy_w })
+    }
 }
 
 /// Where a guest stands on a node.
@@ -164,6 +236,12 @@ pub struct GuestRecord {
     pub came_from: Option<String>,
     /// Milliseconds since the epoch when this node got the guest.
     pub since_unix_ms: u64,
+    /// Linear memory size now, while it lives here.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time it used on this node, in milliseconds.
+    #[serde(default)]
+    pub cpu_ms: Option<u64>,
 }
 
 impl GuestRecord {

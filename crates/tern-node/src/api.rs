@@ -418,6 +418,20 @@ async fn migrate(
     if let Some(d) = &b.dirty {
         opts.dirty = d.parse().map_err(|e| Error::BadRequest(format!("{e:?}")))?;
     }
+    if let Some(mid) = &b.migration_id {
+        let fine = !mid.is_empty()
+            && mid.len() <= 64
+            && mid
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+        if !fine {
+            return Err(Error::BadRequest(format!(
+                "migration id `{}` is not 1 to 64 of [a-z0-9-]",
+                mid.chars().take(80).collect::<String>()
+            )));
+        }
+        opts.migration_id = mid.clone();
+    }
     let migration = blocking(move || node.start_migration(&id, &b.to, opts)).await?;
     ok(
         StatusCode::ACCEPTED,

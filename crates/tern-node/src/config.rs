@@ -29,6 +29,12 @@ pub struct NodeConfig {
     pub tls: Option<NodeTls>,
     /// Limits of the guests (memory default and maximum, log size).
     pub limits: limits::NodeLimits,
+    /// CPU capacity in cores, as the controller weighs it.
+    pub cpus: f64,
+    /// Power model (watts idle and busy).
+    pub power: tern_api::PowerModel,
+    /// Speed of one core against the reference core.
+    pub speed: f64,
 }
 
 /// A node's certificate, made into the TLS configurations it needs.

@@ -21,6 +21,7 @@
 //! space or CPU share ends or slows that guest, never the node.
 
 pub mod api;
+pub mod capacity;
 pub mod config;
 pub mod cpu;
 pub mod departed;

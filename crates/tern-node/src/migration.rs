@@ -74,19 +74,25 @@ impl Node {
             .client_for(to)
             .info()
             .map_err(|e| Error::Upstream(e.to_string()))?;
-        let mid = new_id(id);
-        self.migrations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                mid.clone(),
-                MigrationStatus {
-                    id: mid.clone(),
-                    guest: id.to_string(),
-                    state: MigrationState::Running,
-                    ..Default::default()
-                },
-            );
+        let mid = if opts.migration_id.is_empty() {
+            new_id(id)
+        } else {
+            opts.migration_id.clone()
+        };
+        let mut migrations = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        if migrations.contains_key(&mid) {
+            return Err(Error::Conflict(format!("migration {mid} exists already")));
+        }
+        migrations.insert(
+            mid.clone(),
+            MigrationStatus {
+                id: mid.clone(),
+                guest: id.to_string(),
+                state: MigrationState::Running,
+                ..Default::default()
+            },
+        );
+        drop(migrations);
         let node = self.clone();
         let mut opts = opts;
         opts.migration_id = mid.clone();

@@ -122,6 +122,9 @@ impl Node {
             migrate: self.migrate_addr.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             protocol: tern_migrate::PROTOCOL_VERSION,
+            cpus: self.config.cpus,
+            power: self.config.power,
+            speed: self.config.speed,
         }
     }
 
@@ -218,6 +221,8 @@ impl Node {
                     moved_by: None,
                     came_from,
                     since_unix_ms: now_ms(),
+                    memory_bytes: None,
+                    cpu_ms: None,
                 },
             );
             reg.save()?;
@@ -388,6 +393,42 @@ impl Node {
         Ok((new, status))
     }
 
+    /// Joins the controller at `url` and keeps telling it this node is
+    /// alive (every 2 s, from a thread of its own); a controller that is
+    /// down or restarting is tried again, and each change between reached
+    /// and not reached is logged once.
+    pub fn join(self: &Arc<Self>, url: &str) {
+        let client = tern_api::ControllerClient::new(
+            url,
+            self.config.tls.as_ref().map(|t| t.client.clone()),
+            None,
+        );
+        let api = self.config.listen.clone();
+        let node = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("join".into())
+            .spawn(move || {
+                let mut reached: Option<bool> = None;
+                while node.upgrade().is_some() {
+                    let r = client.join(&api);
+                    if reached != Some(r.is_ok()) {
+                        match &r {
+                            Ok(j) => log_event(
+                                "joined",
+                                serde_json::json!({ "controller": client.base(), "as": j.name }),
+                            ),
+                            Err(e) => log_event(
+                                "join_failed",
+                                serde_json::json!({ "controller": client.base(), "error": e.to_string() }),
+                            ),
+                        }
+                        reached = Some(r.is_ok());
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                }
+            });
+    }
+
     /// Where module `hash` stands here.
     pub fn module(&self, hash: &str) -> Result<ModuleStatus, Error> {
         self.modules
@@ -450,6 +491,10 @@ impl Node {
                 if let Some(run) = runners.get(&r.id) {
                     if run.state() == RunState::Paused && r.state == GuestState::Running {
                         r.state = GuestState::Paused;
+                    }
+                    if r.state.is_live() {
+                        r.memory_bytes = run.memory_bytes();
+                        r.cpu_ms = run.cpu_ms();
                     }
                 }
                 r

@@ -81,6 +81,8 @@ pub struct Runner {
     log: PathBuf,
     /// Serializes pause/resume sequences (checkpoint, migrate, stop).
     pub op: Mutex<()>,
+    /// The guest thread's kernel id (0 until it starts), for its CPU time.
+    tid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Runner {
@@ -116,11 +118,17 @@ impl Runner {
             meta: guest.meta(),
             log,
             op: Mutex::new(()),
+            tid: Arc::new(std::sync::atomic::AtomicI32::new(0)),
         });
+        let tid = runner.tid.clone();
         std::thread::Builder::new()
             .name(format!("guest-{}", info.id))
             .stack_size(tern_vm::GUEST_THREAD_STACK)
             .spawn(move || {
+                tid.store(
+                    rustix::thread::gettid().as_raw_nonzero().get(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let cpu = placement.enter();
                 let (end, after) = drive(guest, &rx, &shared, &budget);
                 drop(cpu);
@@ -136,6 +144,33 @@ impl Runner {
             })
             .map_err(|e| format!("cannot start the guest thread: {e}"))?;
         Ok(runner)
+    }
+
+    /// CPU time the guest's thread used, in milliseconds (None once it
+    /// ended, or where /proc does not say).
+    pub fn cpu_ms(&self) -> Option<u64> {
+        let tid = self.tid.load(std::sync::atomic::Ordering::Relaxed);
+        if tid == 0 {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from the
+        // third on: utime and stime are the 14th and 15th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut f = rest.split_whitespace().skip(11);
+        let utime: u64 = f.next()?.parse().ok()?;
+        let stime: u64 = f.next()?.parse().ok()?;
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        Some((utime + stime) * 1000 / hz)
+    }
+
+    /// The guest's memory size, while it may still run here.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.len() as u64)
     }
 
     /// The current state.

@@ -1,0 +1,182 @@
+//! `tern controller`: the daemon that places guests and moves them by
+//! itself (offloading an overloaded server to boards, bringing guests back
+//! when it has room), by load or by energy.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tern_controller::policy::{Policy, Tuning};
+use tern_controller::state::{EtcdStore, FileStore, Store, ETCD_PREFIX};
+use tern_controller::{Controller, ControllerConfig};
+use tern_node::log_event;
+
+use crate::client::Access;
+
+/// Arguments of `tern controller`.
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Address of the controller's HTTP/JSON API (and `/metrics`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000")]
+    listen: String,
+    /// Directory for the controller's state (without --etcd) and modules.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// etcd endpoints (`http://HOST:PORT`, comma-separated): membership,
+    /// placement and moves live there, and one of the controllers sharing
+    /// them leads.
+    #[arg(long, value_name = "ENDPOINTS", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// `throughput`: offload an overloaded server to boards and bring
+    /// guests back when it has room; `energy`: most work per joule within
+    /// --floor.
+    #[arg(long, default_value = "throughput")]
+    policy: Policy,
+    /// The controller's name (default: its API address).
+    #[arg(long)]
+    name: Option<String>,
+    /// How often it polls nodes and decides.
+    #[arg(long, value_name = "DURATION", default_value = "500ms",
+          value_parser = crate::common::parse_duration)]
+    tick: Duration,
+    /// Least time a guest stays on a node before it moves again.
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::common::parse_duration)]
+    min_residence: Duration,
+    /// Least time a guest has run before it is moved at all.
+    #[arg(long, value_name = "DURATION", default_value = "2s",
+          value_parser = crate::common::parse_duration)]
+    min_age: Duration,
+    /// A node silent for this long is down (its guests are reported lost).
+    #[arg(long, value_name = "DURATION", default_value = "5s",
+          value_parser = crate::common::parse_duration)]
+    node_timeout: Duration,
+    /// Energy policy: the least fraction of the best available speed a
+    /// guest may be given.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    floor: f64,
+    /// Allow serving the API on an address other than loopback (it has no
+    /// authentication of its own yet).
+    #[arg(long)]
+    insecure: bool,
+    /// Credentials for calling the nodes (a client certificate with the
+    /// admin role, or a token).
+    #[command(flatten)]
+    access: Access,
+}
+
+/// Runs the daemon until killed.
+pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&a.floor) {
+        anyhow::bail!("--floor {} is not a fraction from 0 to 1", a.floor);
+    }
+    let listener = std::net::TcpListener::bind(&a.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
+    let bound = listener.local_addr().context("no local address")?;
+    if !bound.ip().is_loopback() && !a.insecure {
+        anyhow::bail!(
+            "refusing to serve the controller API on {bound}: it has no authentication yet; \
+             keep it on loopback, or give --insecure on a trusted network"
+        );
+    }
+    let name = a.name.clone().unwrap_or_else(|| bound.to_string());
+    let tuning = Tuning {
+        policy: a.policy,
+        min_residence_s: a.min_residence.as_secs_f64(),
+        min_age_s: a.min_age.as_secs_f64(),
+        floor: a.floor,
+        ..Tuning::default()
+    };
+    let config = ControllerConfig {
+        name: name.clone(),
+        data_dir: a.data_dir.clone(),
+        tuning,
+        tick: a.tick,
+        node_timeout: a.node_timeout,
+        node_tls: a.access.tls()?,
+        node_token: a.access.token()?,
+    };
+    let (store, nodes, election): (Box<dyn Store>, _, _) = if a.etcd.is_empty() {
+        let s = FileStore::open(&a.data_dir).map_err(anyhow::Error::msg)?;
+        (Box::new(s), None, None)
+    } else {
+        let etcd = tern_etcd::Etcd::connect(&a.etcd)?;
+        etcd.status()
+            .map_err(|e| anyhow::anyhow!("etcd at {}: {e}", a.etcd.join(",")))?;
+        let election =
+            tern_etcd::Election::new(etcd.clone(), &format!("{ETCD_PREFIX}/controller"), &name, 2)?;
+        let store = Arc::new(EtcdStore::new(etcd.clone(), election));
+        let list = etcd.clone();
+        let nodes: tern_controller::controller::Membership = Box::new(move || {
+            let kvs = list
+                .get_prefix(&format!("{ETCD_PREFIX}/nodes/"))
+                .map_err(|e| e.to_string())?;
+            Ok(kvs
+                .into_iter()
+                .filter_map(|kv| {
+                    let name = kv.key.rsplit('/').next()?.to_string();
+                    Some((name, String::from_utf8(kv.value).ok()?))
+                })
+                .collect())
+        });
+        (
+            Box::new(SharedStore(store.clone())),
+            Some(nodes),
+            Some(store),
+        )
+    };
+    let controller = Controller::new(config, store, nodes).map_err(anyhow::Error::msg)?;
+    log_event(
+        "controller_started",
+        serde_json::json!({ "name": name, "api": bound.to_string(), "policy": a.policy.as_str(),
+            "store": controller.store_description(), "tick_ms": a.tick.as_millis() as u64 }),
+    );
+    if let Some(store) = election {
+        let c = controller.clone();
+        std::thread::Builder::new()
+            .name("campaign".into())
+            .spawn(move || campaign(c, store))
+            .context("cannot start the election thread")?;
+    }
+    let c = controller.clone();
+    std::thread::Builder::new()
+        .name("decide".into())
+        .spawn(move || tern_controller::controller::run_loop(c))
+        .context("cannot start the controller loop")?;
+    tern_controller::api::serve(listener, controller)
+        .map_err(|e| anyhow::anyhow!("the API failed: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs for leader every half second, for as long as the process lives.
+fn campaign(c: Arc<Controller>, store: Arc<EtcdStore>) {
+    loop {
+        let (leads, leader) = {
+            let mut e = store.election();
+            let leads = e.try_lead().unwrap_or(false);
+            (leads, e.leader().ok().flatten())
+        };
+        if let Err(e) = c.set_leader(leads, leader) {
+            log_event("leader_state_unreadable", serde_json::json!({ "error": e }));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The etcd store, shared between the controller and the election thread.
+struct SharedStore(Arc<EtcdStore>);
+
+impl Store for SharedStore {
+    fn load(&self) -> Result<tern_controller::state::State, String> {
+        self.0.load()
+    }
+    fn save(&self, s: &tern_controller::state::State) -> Result<(), String> {
+        self.0.save(s)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
