@@ -181,6 +181,12 @@ fn an_overloaded_server_offloads_to_boards_and_takes_guests_back() {
         assert_same_output("a job of an offloading cluster", &log, want);
     }
     let ids: Vec<&String> = jobs.iter().map(|(id, _)| id).collect();
+    // The controller learns a move ended at its next look.
+    wait_for("the moves to end", Duration::from_secs(10), || {
+        moves(&ctl.cluster())
+            .iter()
+            .all(|m| m["state"] == "done" || m["state"] == "failed")
+    });
     let v = ctl.cluster();
     let m = moves(&v);
     let reasons: Vec<&str> = m.iter().filter_map(|m| m["reason"].as_str()).collect();

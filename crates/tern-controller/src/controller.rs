@@ -85,6 +85,8 @@ pub struct Controller {
     acting: Mutex<()>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// When this controller started.
+    started: Instant,
     /// Nodes registered in etcd (etcd mode): name -> API address.
     etcd_nodes: Option<Membership>,
 }
@@ -132,6 +134,7 @@ impl Controller {
             leader_name: Mutex::new(None),
             acting: Mutex::new(()),
             metrics: Metrics::default(),
+            started: Instant::now(),
             etcd_nodes,
         }))
     }
@@ -226,6 +229,11 @@ impl Controller {
     pub fn tick(&self) {
         let nodes = self.members();
         self.poll(&nodes);
+        // Nodes no longer members (their etcd key lapsed) are forgotten.
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| nodes.contains_key(name));
         let _act = self.acting.lock().unwrap_or_else(|e| e.into_inner());
         if !self.is_leader() {
             return;
@@ -296,7 +304,6 @@ impl Controller {
         });
         let now = Instant::now();
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|name, _| nodes.contains_key(name));
         for (name, r) in results {
             let l = live.entry(name.clone()).or_default();
             let dt = l
@@ -319,7 +326,7 @@ impl Controller {
                         .iter()
                         .filter_map(|g| g.cpu_ms.map(|m| (g.id.clone(), m)))
                         .collect();
-                    let cpu_s: f64 = used.values().sum();
+                    let cpu_s = used.values().fold(0.0, |a, b| a + b);
                     l.cpu_used = if dt > 0.0 { cpu_s / dt } else { 0.0 };
                     l.power_w = info.power.watts(l.cpu_used, info.cpus);
                     if dt > 0.0 {
@@ -368,10 +375,14 @@ impl Controller {
         }
     }
 
+    /// Up when the node answered within the node timeout; a node not
+    /// heard from since this controller started is given that long too.
     fn health(&self, l: &Live) -> NodeHealth {
-        match l.last_ok {
-            Some(t) if t.elapsed() <= self.config.node_timeout => NodeHealth::Up,
-            _ => NodeHealth::Down,
+        let since = l.last_ok.unwrap_or(self.started);
+        if since.elapsed() <= self.config.node_timeout {
+            NodeHealth::Up
+        } else {
+            NodeHealth::Down
         }
     }
 
@@ -400,8 +411,16 @@ impl Controller {
             }
         }
         for (id, p) in s.guests.iter_mut().filter(|(_, p)| p.ended.is_none()) {
-            let Some(l) = live.get(&p.node) else { continue };
-            if self.health(l) == NodeHealth::Down && l.info.is_some() {
+            let Some(l) = live.get(&p.node) else {
+                // Not a member any more: its etcd registration lapsed.
+                p.ended = Some(format!("lost: node {} left the cluster", p.node));
+                log_event(
+                    "guest_lost",
+                    serde_json::json!({ "guest": id, "node": p.node }),
+                );
+                continue;
+            };
+            if self.health(l) == NodeHealth::Down {
                 p.ended = Some(format!("lost: node {} is down", p.node));
                 log_event(
                     "guest_lost",
@@ -754,6 +773,8 @@ impl Controller {
         self.save(&s)?;
         *self.state() = s;
         self.metrics.guests_placed.fetch_add(1, Ordering::Relaxed);
+        // The next placement must see this guest there, not wait a tick.
+        self.poll(&BTreeMap::from([(node.clone(), api.clone())]));
         log_event(
             "guest_placed",
             serde_json::json!({ "guest": id, "node": node }),
@@ -873,11 +894,26 @@ impl Controller {
                 .or_else(|| s.nodes.get(&p.node).cloned())
                 .unwrap_or_default();
             let mut record = record;
-            if let (Some(r), Some(ended)) = (record.as_mut(), &p.ended) {
-                if ended.starts_with("lost") {
-                    r.state = GuestState::Lost;
-                    r.error = Some(ended.clone());
-                }
+            if let Some(ended) = p.ended.as_ref().filter(|e| e.starts_with("lost")) {
+                // Its node is gone: what the controller knows is all there is.
+                let r = record.get_or_insert_with(|| GuestRecord {
+                    id: id.clone(),
+                    name: String::new(),
+                    state: GuestState::Lost,
+                    exit_code: None,
+                    error: None,
+                    limit: None,
+                    limits: None,
+                    cpu_control: None,
+                    moved_to: None,
+                    moved_by: None,
+                    came_from: None,
+                    since_unix_ms: p.first_seen_ms,
+                    memory_bytes: None,
+                    cpu_ms: None,
+                });
+                r.state = GuestState::Lost;
+                r.error = Some(ended.clone());
             }
             out.push(Located {
                 id: id.clone(),
