@@ -87,6 +87,8 @@ pub struct Controller {
     pub metrics: Metrics,
     /// When this controller started.
     started: Instant,
+    /// No decision before this instant (a move just ended).
+    settled_after: Mutex<Option<Instant>>,
     /// Nodes registered in etcd (etcd mode): name -> API address.
     etcd_nodes: Option<Membership>,
 }
@@ -135,6 +137,7 @@ impl Controller {
             acting: Mutex::new(()),
             metrics: Metrics::default(),
             started: Instant::now(),
+            settled_after: Mutex::new(None),
             etcd_nodes,
         }))
     }
@@ -241,7 +244,15 @@ impl Controller {
         let mut s = self.state().clone();
         let before = s.clone();
         self.follow_guests(&mut s);
+        let open_before = open_moves(&s);
         self.follow_moves(&mut s);
+        if open_moves(&s) < open_before {
+            // A move just ended: this tick's poll may predate it. Decide
+            // only on a view taken after it, or a guest could be counted
+            // nowhere and a server look emptier than it is.
+            *self.settled_after.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + self.config.tick);
+        }
         if s != before {
             if let Err(e) = self.save(&s) {
                 log_event(
@@ -252,11 +263,12 @@ impl Controller {
             }
             *self.state() = s.clone();
         }
-        let busy = s
-            .moves
-            .iter()
-            .any(|m| matches!(m.state, MoveState::Starting | MoveState::Running));
-        if busy {
+        let settling = self
+            .settled_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t);
+        if open_moves(&s) > 0 || settling {
             return;
         }
         let snaps = self.snapshots(&s);
@@ -601,9 +613,17 @@ impl Controller {
         s.push_move(m.clone());
         self.save(s)?;
         *self.state() = s.clone();
+        // A guest coming back to a faster node loses little by pausing at
+        // the slow one: a cold move there copies memory once and ends
+        // soonest. Elsewhere pre-copy keeps the guest running meanwhile.
+        let strategy = if reason == "return" {
+            "cold"
+        } else {
+            "precopy"
+        };
         let req = MigrateRequest {
             to: to_api,
-            strategy: Some("precopy".into()),
+            strategy: Some(strategy.into()),
             max_downtime_ms: None,
             dirty: None,
             migration_id: Some(migration),
@@ -1068,6 +1088,14 @@ impl Controller {
         let _ = encode(&mut out, &reg);
         out
     }
+}
+
+/// Moves under way.
+fn open_moves(s: &State) -> usize {
+    s.moves
+        .iter()
+        .filter(|m| matches!(m.state, MoveState::Starting | MoveState::Running))
+        .count()
 }
 
 /// Runs `tick` every `config.tick` until the process ends.
