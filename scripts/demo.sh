@@ -22,7 +22,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-ARGS=(--mem 64 --rate 10 --window 64 --iterations 1000)
+ARGS=(--mem 64 --rate 10 --window 64 --iterations 2000)
 
 # Each node prints its addresses as its first log line.
 start_node() {
@@ -35,6 +35,7 @@ start_node() {
   done
   # Not printed for $(...): pids must reach this shell for the cleanup.
   api=$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/$name.log" | head -n1)
+  if [ -z "$api" ]; then echo "== node $name did not start: $(tail -n 2 "$work/$name.log")" >&2; exit 1; fi
 }
 echo "== a cluster CA, node certificates for server and board, a client certificate for this CLI"
 "$TERN" certs init --dir "$work/cluster" >/dev/null
@@ -94,7 +95,9 @@ start_ctl() {
   ctl=http://$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/ctl.log" | head -n1)
 }
 start_ctl
-start_node server2 "$TERN" node --tls-dir "$work/cluster" --cpus 1 --join "$ctl"
+"$TERN" certs node server2 --dir "$work/cluster" >/dev/null
+"$TERN" certs node board2 --dir "$work/cluster" >/dev/null
+start_node server2 "$TERN" node --tls-dir "$work/cluster" --cpus 1 --join "$ctl"; S2=$api
 start_node board2 qemu-aarch64 -L / "$BOARD_TERN" node --class board --cpus 1 --tls-dir "$work/cluster" --join "$ctl"
 export TERN_CONTROLLER=$ctl
 for _ in $(seq 100); do
@@ -106,11 +109,13 @@ LONG=(--mem 8 --iterations 1200000)
 SHORT=(--mem 8 --iterations 300000)
 "$TERN" run target/guests/dirtier.wasm -- "${LONG[@]}" > "$work/long.ref"
 "$TERN" run target/guests/dirtier.wasm -- "${SHORT[@]}" > "$work/short.ref"
-echo "== three jobs for a one-core server: two long, one short; the controller places them"
-j1=$("$TERN" run --detach target/guests/dirtier.wasm -- "${LONG[@]}")
-j2=$("$TERN" run --detach target/guests/dirtier.wasm -- "${LONG[@]}")
-j3=$("$TERN" run --detach target/guests/dirtier.wasm -- "${SHORT[@]}")
+echo "== three jobs started straight on the one-core server (two long, one short), as without a controller"
+on_server() { env -u TERN_CONTROLLER "$TERN" run --detach --node "$S2" target/guests/dirtier.wasm -- "$@"; }
+j1=$(on_server "${LONG[@]}")
+j2=$(on_server "${LONG[@]}")
+j3=$(on_server "${SHORT[@]}")
 echo "   guests $j1 $j2 (long) $j3 (short)"
+echo "== the controller sees the server overloaded and moves guests by itself; waiting for the jobs (tern wait follows them)"
 for j in "$j1" "$j2" "$j3"; do "$TERN" wait "$j" >/dev/null; done
 "$TERN" cluster
 for j in "$j1:long" "$j2:long" "$j3:short"; do
