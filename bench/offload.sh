@@ -60,7 +60,9 @@ cg_make() { # NAME CPUS
   echo "$(echo "$2 * 100000 / 1" | bc)" > "$BENCH_CG/$1/cpu.cfs_quota_us"
 }
 # cg_run NAME CMD...: CMD inside cgroup NAME
-cg_run() { local g=$1; shift; bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$BENCH_CG/$g" "$@"; }
+# (always run in the background: it replaces its subshell, so the pid taken
+# with $! is the program's own and killing it leaves nothing behind)
+cg_run() { local g=$1; shift; exec bash -c 'echo $$ > "$0/cgroup.procs"; exec "$@"' "$BENCH_CG/$g" "$@"; }
 cg_cleanup() {
   [ -d "$BENCH_CG" ] || return 0
   local d
