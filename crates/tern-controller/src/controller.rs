@@ -851,12 +851,8 @@ impl Controller {
         if path.is_file() {
             return Ok(false);
         }
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::Internal(e.to_string()))?;
-        std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::Internal(e.to_string()))?;
-        tmp.persist(&path)
-            .map_err(|e| Error::Internal(e.error.to_string()))?;
+        tern_node::modules::write_atomic(&path, bytes)
+            .map_err(|e| Error::Internal(format!("cannot store module {hash}: {e}")))?;
         Ok(true)
     }
 

@@ -184,7 +184,7 @@ impl Modules {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so that
 /// a reader (or a node restarted after a crash) never sees half a module.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
