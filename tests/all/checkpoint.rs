@@ -56,12 +56,21 @@ fn trial(w: &Workload, dir: &Path, delays: &[Duration]) -> (Vec<u8>, Option<i32>
 
 /// Checkpoints `w` at `n` moments spread over its run; every restored run
 /// must produce the uninterrupted output. At least `min_taken` checkpoints
-/// must really happen (the rest may find the guest already finished).
+/// must really happen.
+///
+/// The moments are fractions of the reference run's wall-clock time, which
+/// includes process start and, on a busy machine, may be longer than the
+/// guest's run in a trial. When a checkpoint finds the guest already ended,
+/// the guest's run is shorter than `delay`: the remaining moments are spread
+/// below it and the same fraction is tried again (at most `n` such retries,
+/// so code that never checkpoints still fails).
 fn checkpoint_everywhere(w: Workload, n: u32, min_taken: usize) {
     let reference = reference(&w);
+    let mut span = reference.time;
     let mut taken = 0;
-    for k in 1..=n {
-        let delay = reference.time * k / (n + 1);
+    let (mut k, mut retries) = (1, 0);
+    while k <= n {
+        let delay = span * k / (n + 1);
         let dir = tempfile::tempdir().unwrap();
         let (out, code, t) = trial(&w, dir.path(), &[delay]);
         assert_same_output(
@@ -75,7 +84,13 @@ fn checkpoint_everywhere(w: Workload, n: u32, min_taken: usize) {
             .filter(|(n, _)| !n.ends_with(".tern"))
             .collect();
         assert_eq!(files, reference.files, "{} files after {delay:?}", w.name);
+        if t == 0 && retries < n {
+            retries += 1;
+            span = delay;
+            continue;
+        }
         taken += t;
+        k += 1;
     }
     assert!(
         taken >= min_taken,
