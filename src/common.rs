@@ -231,6 +231,28 @@ pub fn chatty() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// Sends the daemons' `tracing` events to stderr, one JSON object a line
+/// (`{"timestamp":..,"level":..,"event":"guest_start","guest":..}`).
+/// `TERN_LOG` filters them with `tracing-subscriber`'s directives
+/// (default `info`; `warn` keeps only problems).
+pub fn init_daemon_log() -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("TERN_LOG") {
+        Ok(s) => EnvFilter::try_new(&s).map_err(|e| anyhow::anyhow!("TERN_LOG={s:?}: {e}"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot start the log: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;

@@ -12,7 +12,6 @@ use clap::Args;
 use tern_controller::policy::{Policy, Tuning};
 use tern_controller::state::{EtcdStore, FileStore, Store, ETCD_PREFIX};
 use tern_controller::{Controller, ControllerConfig};
-use tern_node::log_event;
 
 use crate::client::Access;
 
@@ -70,6 +69,7 @@ pub struct ControllerArgs {
 
 /// Runs the daemon until killed.
 pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
+    crate::common::init_daemon_log()?;
     if !(0.0..=1.0).contains(&a.floor) {
         anyhow::bail!("--floor {} is not a fraction from 0 to 1", a.floor);
     }
@@ -129,10 +129,13 @@ pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
         )
     };
     let controller = Controller::new(config, store, nodes).map_err(anyhow::Error::msg)?;
-    log_event(
-        "controller_started",
-        serde_json::json!({ "name": name, "api": bound.to_string(), "policy": a.policy.as_str(),
-            "store": controller.store_description(), "tick_ms": a.tick.as_millis() as u64 }),
+    tracing::info!(
+        event = "controller_started",
+        name = %name,
+        api = %bound,
+        policy = a.policy.as_str(),
+        store = %controller.store_description(),
+        tick_ms = a.tick.as_millis() as u64
     );
     if let Some(store) = election {
         let c = controller.clone();
@@ -160,7 +163,7 @@ fn campaign(c: Arc<Controller>, store: Arc<EtcdStore>) {
             (leads, e.leader().ok().flatten())
         };
         if let Err(e) = c.set_leader(leads, leader) {
-            log_event("leader_state_unreadable", serde_json::json!({ "error": e }));
+            tracing::warn!(event = "leader_state_unreadable", error = %e);
         }
         std::thread::sleep(Duration::from_millis(500));
     }

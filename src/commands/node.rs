@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use tern_node::{log_event, Node, NodeConfig};
+use tern_node::{Node, NodeConfig};
 
 /// Arguments of `tern node`.
 #[derive(Args, Debug)]
@@ -105,10 +105,7 @@ fn register(etcd: tern_etcd::Etcd, key: String, api: String) -> anyhow::Result<(
         Ok(keeper)
     };
     let mut keeper = put(&etcd)?;
-    log_event(
-        "registered",
-        serde_json::json!({ "etcd": etcd.endpoints(), "key": key }),
-    );
+    tracing::info!(event = "registered", etcd = %etcd.endpoints().join(","), key = %key);
     std::thread::Builder::new()
         .name("etcd".into())
         .spawn(move || loop {
@@ -117,15 +114,9 @@ fn register(etcd: tern_etcd::Etcd, key: String, api: String) -> anyhow::Result<(
                 match put(&etcd) {
                     Ok(k) => {
                         keeper = k;
-                        log_event(
-                            "registered",
-                            serde_json::json!({ "key": key, "again": true }),
-                        );
+                        tracing::info!(event = "registered", key = %key, again = true);
                     }
-                    Err(e) => log_event(
-                        "etcd_unreachable",
-                        serde_json::json!({ "error": e.to_string() }),
-                    ),
+                    Err(e) => tracing::warn!(event = "etcd_unreachable", error = %e),
                 }
             }
         })?;
@@ -144,6 +135,7 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 
 /// Runs the daemon until killed.
 pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
+    crate::common::init_daemon_log()?;
     let migrate_listen = match &a.migrate_listen {
         Some(m) => m.clone(),
         None => {
@@ -217,13 +209,23 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         (None, false) => "plaintext, tokens",
         (None, true) => "plaintext, no authentication",
     };
-    log_event(
-        "node_started",
-        serde_json::json!({ "name": node.config.name, "class": node.config.class, "api": api,
-            "migrate": node.migrate_addr, "data_dir": a.data_dir, "arch": std::env::consts::ARCH,
-            "security": security, "max_memory": a.max_memory, "max_log": a.max_log,
-            "cpu_control": node.cpu_control(), "cpus": cpus, "power": power,
-            "speed": (speed * 1000.0).round() / 1000.0, "join": a.join }),
+    tracing::info!(
+        event = "node_started",
+        name = %node.config.name,
+        class = %node.config.class,
+        api = %api,
+        migrate = %node.migrate_addr,
+        data_dir = %a.data_dir.display(),
+        arch = std::env::consts::ARCH,
+        security,
+        max_memory = a.max_memory,
+        max_log = a.max_log,
+        cpu_control = %node.cpu_control(),
+        cpus,
+        idle_w = power.idle_w,
+        busy_w = power.busy_w,
+        speed = (speed * 1000.0).round() / 1000.0,
+        join = a.join.as_deref()
     );
     if let Some(url) = &a.join {
         node.join(url);

@@ -65,6 +65,24 @@ pub enum MoveState {
     Failed,
 }
 
+impl MoveState {
+    /// The state as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveState::Starting => "starting",
+            MoveState::Running => "running",
+            MoveState::Done => "done",
+            MoveState::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for MoveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One move, with the reason the controller made it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MoveRecord {

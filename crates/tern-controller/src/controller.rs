@@ -69,8 +69,6 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub use tern_node::log_event;
-
 /// The controller.
 pub struct Controller {
     /// Configuration.
@@ -161,15 +159,9 @@ impl Controller {
             let _act = self.acting.lock().unwrap_or_else(|e| e.into_inner());
             let s = self.store.load()?;
             *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
-            log_event(
-                "leading",
-                serde_json::json!({ "controller": self.config.name }),
-            );
+            tracing::info!(event = "leading", controller = %self.config.name);
         } else if !leads && was {
-            log_event(
-                "following",
-                serde_json::json!({ "controller": self.config.name }),
-            );
+            tracing::info!(event = "following", controller = %self.config.name);
         }
         Ok(())
     }
@@ -220,9 +212,13 @@ impl Controller {
             s.nodes.insert(name.clone(), api.to_string());
             self.save(&s)?;
             *self.state() = s;
-            log_event(
-                "node_joined",
-                serde_json::json!({ "node": name, "api": api, "class": info.class, "arch": info.arch, "cpus": info.cpus }),
+            tracing::info!(
+                event = "node_joined",
+                node = %name,
+                api = %api,
+                class = %info.class,
+                arch = %info.arch,
+                cpus = info.cpus
             );
         }
         Ok(name)
@@ -255,10 +251,7 @@ impl Controller {
         }
         if s != before {
             if let Err(e) = self.save(&s) {
-                log_event(
-                    "state_save_failed",
-                    serde_json::json!({ "error": e.to_string() }),
-                );
+                tracing::error!(event = "state_save_failed", error = %e);
                 return;
             }
             *self.state() = s.clone();
@@ -286,7 +279,7 @@ impl Controller {
             Some(f) => match f() {
                 Ok(m) => m,
                 Err(e) => {
-                    log_event("etcd_unreachable", serde_json::json!({ "error": e }));
+                    tracing::warn!(event = "etcd_unreachable", error = %e);
                     // Keep the last known membership, marked by polls.
                     self.state().nodes.clone()
                 }
@@ -354,10 +347,7 @@ impl Controller {
                         .is_none_or(|t| now.duration_since(t) > self.config.node_timeout)
                         && l.info.is_some()
                     {
-                        log_event(
-                            "node_unreachable",
-                            serde_json::json!({ "node": name, "error": e }),
-                        );
+                        tracing::warn!(event = "node_unreachable", node = %name, error = %e);
                     }
                 }
             }
@@ -426,18 +416,12 @@ impl Controller {
             let Some(l) = live.get(&p.node) else {
                 // Not a member any more: its etcd registration lapsed.
                 p.ended = Some(format!("lost: node {} left the cluster", p.node));
-                log_event(
-                    "guest_lost",
-                    serde_json::json!({ "guest": id, "node": p.node }),
-                );
+                tracing::warn!(event = "guest_lost", guest = %id, node = %p.node);
                 continue;
             };
             if self.health(l) == NodeHealth::Down {
                 p.ended = Some(format!("lost: node {} is down", p.node));
-                log_event(
-                    "guest_lost",
-                    serde_json::json!({ "guest": id, "node": p.node }),
-                );
+                tracing::warn!(event = "guest_lost", guest = %id, node = %p.node);
                 continue;
             }
             if let Some(r) = l.guests.iter().find(|g| &g.id == id) {
@@ -505,10 +489,15 @@ impl Controller {
                 } else {
                     self.metrics.moves_failed.fetch_add(1, Ordering::Relaxed);
                 }
-                log_event(
-                    "move_ended",
-                    serde_json::json!({ "seq": m.seq, "guest": m.guest, "from": m.from, "to": m.to,
-                        "state": state, "downtime_ms": downtime, "error": error }),
+                tracing::info!(
+                    event = "move_ended",
+                    seq = m.seq,
+                    guest = %m.guest,
+                    from = %m.from,
+                    to = %m.to,
+                    state = state.as_str(),
+                    downtime_ms = downtime,
+                    error = error.as_deref()
                 );
             }
         }
@@ -649,11 +638,17 @@ impl Controller {
         m = r.clone();
         self.save(s)?;
         *self.state() = s.clone();
-        log_event(
-            "move_started",
-            serde_json::json!({ "seq": seq, "guest": guest, "from": from, "to": to, "reason": reason,
-                "detail": detail, "state": m.state, "decision_to_start_ms": m.started_ms.map(|t| t.saturating_sub(decided_ms)),
-                "error": m.error }),
+        tracing::info!(
+            event = "move_started",
+            seq,
+            guest = %guest,
+            from = %from,
+            to = %to,
+            reason,
+            detail = %detail,
+            state = m.state.as_str(),
+            decision_to_start_ms = m.started_ms.map(|t| t.saturating_sub(decided_ms)),
+            error = m.error.as_deref()
         );
         Ok(m)
     }
@@ -795,10 +790,7 @@ impl Controller {
         self.metrics.guests_placed.fetch_add(1, Ordering::Relaxed);
         // The next placement must see this guest there, not wait a tick.
         self.poll(&BTreeMap::from([(node.clone(), api.clone())]));
-        log_event(
-            "guest_placed",
-            serde_json::json!({ "guest": id, "node": node }),
-        );
+        tracing::info!(event = "guest_placed", guest = %id, node = %node);
         // Stage the module on every other node, so that no move of this
         // guest waits on sending or compiling it.
         let others: Vec<String> = self

@@ -44,7 +44,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tern_api::{
     BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, MigrateRequest,
     RestoreRequest,
@@ -53,7 +52,7 @@ use tern_tls::token::Tokens;
 use tern_tls::{Identity, Role};
 
 use crate::runner::RunState;
-use crate::{log_event, Error, Node};
+use crate::{Error, Node};
 
 /// Largest request body accepted (a module, raw or base64).
 const MAX_BODY: usize = 512 << 20;
@@ -154,14 +153,12 @@ async fn accept_loop(
                 }
                 Ok(Err(e)) => {
                     let why = tern_tls::explain_io(&e).unwrap_or_else(|| e.to_string());
-                    log_event(
-                        "api_refused",
-                        json!({ "peer": addr.to_string(), "error": why }),
-                    );
+                    tracing::warn!(event = "api_refused", peer = %addr, error = %why);
                 }
-                Err(_) => log_event(
-                    "api_refused",
-                    json!({ "peer": addr.to_string(), "error": "TLS handshake timed out" }),
+                Err(_) => tracing::warn!(
+                    event = "api_refused",
+                    peer = %addr,
+                    error = "TLS handshake timed out"
                 ),
             }
         });
@@ -230,10 +227,7 @@ async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
         } else {
             "authentication required: a client certificate (--tls-dir) or a token (--token-file)"
         };
-        log_event(
-            "api_refused",
-            json!({ "peer": addr, "error": why, "path": req.uri().path() }),
-        );
+        tracing::warn!(event = "api_refused", peer = ?addr, error = why, path = req.uri().path());
         return (
             StatusCode::UNAUTHORIZED,
             Json(ErrorBody { error: why.into() }),
@@ -243,10 +237,13 @@ async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> R
     let reads = req.method() == Method::GET || req.method() == Method::HEAD;
     let allowed = reads || who.role.may_write();
     if !allowed {
-        log_event(
-            "api_refused",
-            json!({ "peer": addr, "who": who.name, "role": who.role.as_str(),
-                    "error": "read-only caller", "path": req.uri().path() }),
+        tracing::warn!(
+            event = "api_refused",
+            peer = ?addr,
+            who = %who.name,
+            role = who.role.as_str(),
+            error = "read-only caller",
+            path = req.uri().path()
         );
         let role = match who.role {
             Role::Node => "a node",
@@ -449,5 +446,12 @@ async fn migration(State(node): State<Arc<Node>>, Path(mid): Path<String>) -> Re
 
 async fn metrics(State(node): State<Arc<Node>>) -> Reply {
     let t = node.metrics.render(&node.guests());
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        t,
+    )
+        .into_response())
 }

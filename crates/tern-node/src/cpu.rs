@@ -143,19 +143,13 @@ impl Placement {
                 if let Err(e) =
                     std::fs::write(group.join("tasks"), tid.as_raw_nonzero().to_string())
                 {
-                    crate::log_event(
-                        "cpu_control_failed",
-                        serde_json::json!({ "group": group, "error": e.to_string() }),
-                    );
+                    tracing::warn!(event = "cpu_control_failed", group = ?group, error = %e);
                 }
             }
             Placement::Nice(0) => {}
             Placement::Nice(n) => {
                 if let Err(e) = rustix::process::setpriority_process(Some(tid), *n) {
-                    crate::log_event(
-                        "cpu_control_failed",
-                        serde_json::json!({ "nice": n, "error": e.to_string() }),
-                    );
+                    tracing::warn!(event = "cpu_control_failed", nice = *n, error = %e);
                 }
             }
         }

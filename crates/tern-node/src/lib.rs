@@ -26,7 +26,7 @@ pub mod config;
 pub mod cpu;
 pub mod departed;
 pub mod error;
-pub mod events;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod migration;
@@ -37,7 +37,7 @@ pub mod runner;
 
 pub use config::{NodeConfig, NodeTls};
 pub use error::Error;
-pub use events::{log_event, new_id, now_ms};
+pub use ids::{new_id, now_ms};
 pub use migration::Dest;
 pub use node::Node;
 pub use tern_api::{BootSpec, MigrationStatus, NodeInfo};

@@ -4,7 +4,6 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tern_api::{GuestState, MigrationState, MigrationStatus, NodeClient};
@@ -13,7 +12,7 @@ use tern_vm::wasi::OutputSink;
 use tern_vm::{Guest, Runtime};
 
 use crate::error::Error;
-use crate::events::{log_event, new_id};
+use crate::ids::new_id;
 use crate::limits;
 use crate::node::Node;
 use crate::runner::{self, Runner};
@@ -31,14 +30,12 @@ pub(crate) fn listen(node: Arc<Node>, listener: TcpListener) -> Result<(), Strin
                     .map(|a| a.to_string())
                     .unwrap_or_default();
                 std::thread::spawn(move || match tern_migrate::serve(stream, &Dest(n)) {
-                    Ok(served) => log_event(
-                        "migration_in",
-                        serde_json::json!({ "peer": peer, "result": format!("{served:?}") }),
-                    ),
-                    Err(e) => log_event(
-                        "migration_in_failed",
-                        serde_json::json!({ "peer": peer, "error": e.to_string() }),
-                    ),
+                    Ok(served) => {
+                        tracing::info!(event = "migration_in", peer = %peer, result = ?served)
+                    }
+                    Err(e) => {
+                        tracing::warn!(event = "migration_in_failed", peer = %peer, error = %e)
+                    }
                 });
             }
         })
@@ -161,28 +158,30 @@ impl Node {
         let Some(s) = all.get_mut(mid) else { return };
         match result {
             Ok(report) => {
-                self.metrics.migrations_ok.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .migration_bytes
-                    .fetch_add(report.bytes_sent, Ordering::Relaxed);
-                self.metrics
-                    .last_downtime_us
-                    .store((report.downtime_ms * 1000.0) as u64, Ordering::Relaxed);
-                log_event(
-                    "migration_out",
-                    serde_json::to_value(&report).unwrap_or_default(),
+                self.metrics.migration_sent(&report);
+                tracing::info!(
+                    event = "migration_out",
+                    migration = %report.migration_id,
+                    guest = %report.guest,
+                    to = %report.destination_node,
+                    strategy = %report.strategy,
+                    total_ms = report.total_ms,
+                    downtime_ms = report.downtime_ms,
+                    bytes_sent = report.bytes_sent,
+                    rounds = report.rounds,
+                    module_bytes = report.module_bytes,
                 );
                 self.append_history(&report);
                 s.state = MigrationState::Done;
                 s.report = Some(report);
             }
             Err(e) => {
-                self.metrics
-                    .migrations_failed
-                    .fetch_add(1, Ordering::Relaxed);
-                log_event(
-                    "migration_out_failed",
-                    serde_json::json!({ "migration": mid, "guest": r.info.id, "error": e.to_string() }),
+                self.metrics.migration_failed();
+                tracing::warn!(
+                    event = "migration_out_failed",
+                    migration = %mid,
+                    guest = %r.info.id,
+                    error = %e
                 );
                 s.state = MigrationState::Failed;
                 s.error = Some(e.to_string());
@@ -200,14 +199,10 @@ impl Node {
         let id = id.to_string();
         Some(Box::new(move |guest: &mut Guest| {
             match departed.store(&id, guest) {
-                Ok(bytes) => log_event(
-                    "departed_kept",
-                    serde_json::json!({ "guest": id, "image_bytes": bytes }),
-                ),
-                Err(e) => log_event(
-                    "departed_not_kept",
-                    serde_json::json!({ "guest": id, "error": e }),
-                ),
+                Ok(bytes) => {
+                    tracing::info!(event = "departed_kept", guest = %id, image_bytes = bytes)
+                }
+                Err(e) => tracing::warn!(event = "departed_not_kept", guest = %id, error = %e),
             }
         }))
     }
@@ -277,16 +272,13 @@ impl tern_migrate::DestHost for Dest {
         Ok((out, err))
     }
     fn adopt(&self, guest: GuestInfo, mut g: Guest, migration_id: &str, from_node: &str) {
-        self.0.metrics.migrations_in.fetch_add(1, Ordering::Relaxed);
+        self.0.metrics.migration_received();
         // Back here: the image kept from when it left is out of date.
         self.0.departed.remove(&guest.id);
         // The guest is ours now and must run: within this node's memory
         // maximum when its memory allows, else as it came.
         if let Err(e) = self.0.config.limits.admit(&mut g) {
-            log_event(
-                "memory_limit_kept",
-                serde_json::json!({ "guest": guest.id, "reason": e }),
-            );
+            tracing::warn!(event = "memory_limit_kept", guest = %guest.id, reason = %e);
         }
         let log = self.0.log_path(&guest.id);
         let budget = self
@@ -304,9 +296,11 @@ impl tern_migrate::DestHost for Dest {
             Some(from_node.to_string()),
             false,
         ) {
-            log_event(
-                "adopt_failed",
-                serde_json::json!({ "guest": guest.id, "migration": migration_id, "error": e.to_string() }),
+            tracing::warn!(
+                event = "adopt_failed",
+                guest = %guest.id,
+                migration = %migration_id,
+                error = %e
             );
         }
     }
@@ -330,10 +324,7 @@ impl tern_migrate::DestHost for Dest {
         self.0.departed.find(&guest.id)
     }
     fn base_unusable(&self, guest: &GuestInfo, path: &std::path::Path, why: &str) {
-        log_event(
-            "base_unused",
-            serde_json::json!({ "guest": guest.id, "image": path, "why": why }),
-        );
+        tracing::info!(event = "base_unused", guest = %guest.id, image = ?path, why = %why);
     }
     fn handed_over(&self, migration_id: &str) -> bool {
         let reg = self.0.registry.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tern_api::{BootSpec, GuestLimits, GuestState, MigrationStatus, ModuleStatus, NodeInfo};
@@ -15,7 +14,7 @@ use tern_vm::{Guest, Runtime};
 
 use crate::config::NodeConfig;
 use crate::error::Error;
-use crate::events::{log_event, new_id, now_ms};
+use crate::ids::{new_id, now_ms};
 use crate::metrics::Metrics;
 use crate::registry::{GuestRecord, Registry};
 use crate::runner::{RunState, Runner};
@@ -188,10 +187,7 @@ impl Node {
             Ok(p) => p,
             Err(e) if strict => return Err(Error::BadRequest(e)),
             Err(e) => {
-                log_event(
-                    "cpu_quota_dropped",
-                    serde_json::json!({ "guest": id, "error": e }),
-                );
+                tracing::warn!(event = "cpu_quota_dropped", guest = %id, error = %e);
                 let mut l = guest.limits();
                 l.cpu_quota_millicores = None;
                 guest
@@ -255,18 +251,15 @@ impl Node {
                 RunState::Released => r.state = GuestState::Moved,
                 _ => {}
             });
-            log_event(
-                "guest_end",
-                serde_json::json!({ "guest": info.id, "state": format!("{end:?}") }),
-            );
+            tracing::info!(event = "guest_end", guest = %info.id, state = ?end);
         });
         let runner = Runner::start(info, guest, log, budget, placement, on_final)?;
         self.runners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), runner);
-        self.metrics.guests_started.fetch_add(1, Ordering::Relaxed);
-        log_event("guest_start", serde_json::json!({ "guest": id }));
+        self.metrics.guest_started();
+        tracing::info!(event = "guest_start", guest = %id);
         Ok(id)
     }
 
@@ -355,10 +348,7 @@ impl Node {
     ) -> Result<(bool, ModuleStatus), Error> {
         let new = self.modules.store(hash, &bytes)?;
         if new {
-            log_event(
-                "module_stored",
-                serde_json::json!({ "module": hash, "bytes": bytes.len() }),
-            );
+            tracing::info!(event = "module_stored", module = hash, bytes = bytes.len());
             let node = self.clone();
             let owned = hash.to_string();
             let spawned = std::thread::Builder::new()
@@ -374,11 +364,13 @@ impl Node {
                                 .map_err(|e| Error::BadRequest(e.to_string()))
                         })
                         .map_err(|e| e.to_string());
-                    log_event(
-                        "module_compiled",
-                        serde_json::json!({ "module": owned, "ms": t0.elapsed().as_millis() as u64,
-                            "error": result.as_ref().err() }),
-                    );
+                    let ms = t0.elapsed().as_millis() as u64;
+                    match &result {
+                        Ok(()) => tracing::info!(event = "module_compiled", module = %owned, ms),
+                        Err(e) => {
+                            tracing::warn!(event = "module_compiled", module = %owned, ms, error = %e)
+                        }
+                    }
                     node.modules.compiled(&owned, result);
                 });
             if let Err(e) = spawned {
@@ -413,13 +405,15 @@ impl Node {
                     let r = client.join(&api);
                     if reached != Some(r.is_ok()) {
                         match &r {
-                            Ok(j) => log_event(
-                                "joined",
-                                serde_json::json!({ "controller": client.base(), "as": j.name }),
+                            Ok(j) => tracing::info!(
+                                event = "joined",
+                                controller = client.base(),
+                                r#as = %j.name
                             ),
-                            Err(e) => log_event(
-                                "join_failed",
-                                serde_json::json!({ "controller": client.base(), "error": e.to_string() }),
+                            Err(e) => tracing::warn!(
+                                event = "join_failed",
+                                controller = client.base(),
+                                error = %e
                             ),
                         }
                         reached = Some(r.is_ok());

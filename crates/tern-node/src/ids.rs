@@ -1,5 +1,5 @@
-//! Ids, time and the node's structured log (one JSON object a line on
-//! stderr).
+//! Ids and time. (The node logs through `tracing`; the binary installs a
+//! subscriber that writes one JSON object a line on stderr.)
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,13 +19,4 @@ pub fn new_id(salt: &str) -> String {
         .unwrap_or(0);
     let h = blake3::hash(format!("{nanos}-{}-{salt}", std::process::id()).as_bytes());
     tern_prepare::hex(&h.as_bytes()[..6])
-}
-
-/// A line of structured log on stderr (JSON).
-pub fn log_event(event: &str, fields: serde_json::Value) {
-    let mut v = serde_json::json!({ "ts_ms": now_ms(), "event": event });
-    if let (Some(o), serde_json::Value::Object(f)) = (v.as_object_mut(), fields) {
-        o.extend(f);
-    }
-    eprintln!("{v}");
 }
