@@ -41,8 +41,22 @@ enum What {
         #[arg(long = "host", value_name = "HOST")]
         hosts: Vec<String>,
     },
+    /// Issue controller NAME's certificate (`DIR/controller-NAME.crt` and
+    /// `.key`); the controller then runs with `tern controller --tls-dir DIR
+    /// --name NAME`, serves its API over mutual TLS and calls the nodes
+    /// with it (a node lets a controller move its guests).
+    Controller {
+        /// The controller's name.
+        name: String,
+        #[command(flatten)]
+        opts: IssueOpts,
+        /// A host name or IP address the controller is reached by, for
+        /// other tools that check them (repeatable).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+    },
     /// Issue client NAME's certificate (`DIR/client-NAME.crt` and `.key`),
-    /// for the CLI (`--tls-dir DIR`) or a controller.
+    /// for the CLI (`--tls-dir DIR`).
     Client {
         /// The client's name, shown in the nodes' logs.
         name: String,
@@ -89,6 +103,9 @@ pub fn main(a: CertsArgs) -> anyhow::Result<ExitCode> {
         What::Init { dir, name, days } => issue::init_ca(&dir, &name, days)?,
         What::Node { name, opts, hosts } => {
             issue::issue(&opts.dir, &name, Role::Node, &hosts, opts.validity()?)?
+        }
+        What::Controller { name, opts, hosts } => {
+            issue::issue(&opts.dir, &name, Role::Controller, &hosts, opts.validity()?)?
         }
         What::Client { name, opts, role } => {
             let role: Role = role.parse()?;

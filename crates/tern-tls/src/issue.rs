@@ -105,7 +105,8 @@ pub fn init_ca(dir: &Path, cluster: &str, days: u32) -> Result<PathBuf, TlsError
 }
 
 /// Issues a certificate for `name` with `role`, signed by `dir`'s CA, as
-/// `dir/node-NAME.crt` (nodes) or `dir/client-NAME.crt` (clients), with its
+/// `dir/node-NAME.crt` (nodes), `dir/controller-NAME.crt` (controllers) or
+/// `dir/client-NAME.crt` (clients), with its
 /// key beside it. Extra `hosts` (DNS names or IP addresses) go in the
 /// subject alternative names, for tools that check them.
 pub fn issue(
@@ -133,6 +134,7 @@ pub fn issue(
 
     let stem = match role {
         Role::Node => format!("node-{name}"),
+        Role::Controller => format!("controller-{name}"),
         Role::Admin | Role::Read => format!("client-{name}"),
     };
     let (crt, key) = (
@@ -146,8 +148,9 @@ pub fn issue(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match role {
-        // A node is a server to its clients and a client of other nodes.
-        Role::Node => vec![
+        // A node is a server to its clients and a client of other nodes; a
+        // controller serves clients and nodes and calls nodes.
+        Role::Node | Role::Controller => vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],

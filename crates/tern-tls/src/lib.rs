@@ -39,6 +39,9 @@ pub enum Role {
     Admin,
     /// A client that may only read (list guests, logs, metrics).
     Read,
+    /// A controller: serves its own API to clients and nodes, and moves
+    /// guests between nodes (every right on a node's API).
+    Controller,
 }
 
 impl Role {
@@ -48,12 +51,19 @@ impl Role {
             Role::Node => "node",
             Role::Admin => "admin",
             Role::Read => "read",
+            Role::Controller => "controller",
         }
     }
 
     /// May this role change state (start, stop, move guests)?
     pub fn may_write(self) -> bool {
-        self == Role::Admin
+        matches!(self, Role::Admin | Role::Controller)
+    }
+
+    /// Does a holder of this role serve an API (its certificate is a
+    /// server's as well as a client's)?
+    pub fn serves(self) -> bool {
+        matches!(self, Role::Node | Role::Controller)
     }
 }
 
@@ -64,6 +74,7 @@ impl std::str::FromStr for Role {
             "node" => Ok(Role::Node),
             "admin" => Ok(Role::Admin),
             "read" => Ok(Role::Read),
+            "controller" => Ok(Role::Controller),
             other => Err(TlsError::Bad(format!(
                 "unknown role {other:?} (expected admin or read)"
             ))),
@@ -173,6 +184,7 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
         "node" => Role::Node,
         "admin" => Role::Admin,
         "read" => Role::Read,
+        "controller" => Role::Controller,
         other => return Err(bad(format!("certificate with unknown role {other:?}"))),
     };
     Ok(Identity {
@@ -231,6 +243,21 @@ impl Material {
         Ok(m)
     }
 
+    /// Controller `name`'s material in cluster directory `dir`.
+    pub fn load_controller(dir: &Path, name: &str) -> Result<Material, TlsError> {
+        check_name(name)?;
+        let m = Material::load(dir, &format!("controller-{name}"))?;
+        if m.identity.role != Role::Controller || m.identity.name != name {
+            return Err(bad(format!(
+                "{}: is {}'s {} certificate, not controller {name}'s",
+                dir.join(format!("controller-{name}.crt")).display(),
+                m.identity.name,
+                m.identity.role
+            )));
+        }
+        Ok(m)
+    }
+
     /// Client `name`'s material in `dir`; with no name, the only client
     /// certificate there.
     pub fn load_client(dir: &Path, name: Option<&str>) -> Result<Material, TlsError> {
@@ -240,8 +267,11 @@ impl Material {
         };
         check_name(&name)?;
         let m = Material::load(dir, &format!("client-{name}"))?;
-        if m.identity.role == Role::Node {
-            return Err(bad(format!("client-{name}.crt is a node certificate")));
+        if m.identity.role.serves() {
+            return Err(bad(format!(
+                "client-{name}.crt is a {} certificate",
+                m.identity.role
+            )));
         }
         Ok(m)
     }
@@ -298,7 +328,8 @@ impl Material {
     }
 
     /// A client configuration: presents this certificate and accepts only
-    /// servers holding a node certificate the cluster CA signed.
+    /// servers holding a node's or a controller's certificate the cluster
+    /// CA signed.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
         let verifier = Arc::new(verify::NodeVerifier::new(self.roots()?, provider()));
         let config = ClientConfig::builder_with_provider(provider())

@@ -160,6 +160,39 @@ fn a_client_certificate_cannot_serve_as_a_node() {
 }
 
 #[test]
+fn a_controller_serves_clients_and_nodes_and_calls_nodes() {
+    let d = tempfile::tempdir().unwrap();
+    cluster(d.path());
+    issue(d.path(), "ctl", Role::Controller, &[], Validity::days(1)).unwrap();
+    let ctl = Material::load_controller(d.path(), "ctl").unwrap();
+    let a = Material::load_node(d.path(), "a").unwrap();
+    let ops = Material::load_client(d.path(), Some("ops")).unwrap();
+    // A client and a node reach the controller, and know it as one.
+    for caller in [&ops, &a] {
+        let (server_saw, client_saw) = handshake(
+            ctl.server_config(ClientAuth::Optional).unwrap(),
+            caller.client_config().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(server_saw.as_ref(), Some(caller.identity()));
+        assert_eq!(client_saw.unwrap().role, Role::Controller);
+    }
+    // The controller calls a node with its certificate, and may write.
+    let (node_saw, _) = handshake(
+        a.server_config(ClientAuth::Required).unwrap(),
+        ctl.client_config().unwrap(),
+    )
+    .unwrap();
+    let who = node_saw.unwrap();
+    assert_eq!((who.name.as_str(), who.role), ("ctl", Role::Controller));
+    assert!(who.role.may_write());
+    // It is not a node, nor a client.
+    assert!(Material::load_node(d.path(), "ctl").is_err());
+    assert!(Material::load_client(d.path(), Some("ctl")).is_err());
+    assert!(token::Tokens::parse("controller 0123456789abcdef0123").is_err());
+}
+
+#[test]
 fn certificates_are_never_overwritten() {
     let d = tempfile::tempdir().unwrap();
     cluster(d.path());

@@ -43,9 +43,9 @@ impl Tokens {
             let role: Role = role
                 .parse()
                 .map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
-            if role == Role::Node {
+            if role.serves() {
                 return Err(bad(format!(
-                    "line {}: nodes authenticate with certificates, not tokens",
+                    "line {}: {role}s authenticate with certificates, not tokens",
                     i + 1
                 )));
             }

@@ -1,5 +1,6 @@
-//! The check a client makes of the node it connects to: the certificate
-//! chains to the cluster CA, is valid now, and is a node's. Host names are
+//! The check a client makes of the node (or controller) it connects to: the
+//! certificate chains to the cluster CA, is valid now, and is a node's or a
+//! controller's. Host names are
 //! not checked (nodes are reached by address; the node's name is checked by
 //! the protocols on top, against the name this certificate carries).
 
@@ -11,7 +12,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
 
-use crate::{identity_of, Role};
+use crate::identity_of;
 
 #[derive(Debug)]
 pub(crate) struct NodeVerifier {
@@ -43,9 +44,9 @@ impl ServerCertVerifier for NodeVerifier {
             self.provider.signature_verification_algorithms.all,
         )?;
         match identity_of(end_entity) {
-            Ok(id) if id.role == Role::Node => Ok(ServerCertVerified::assertion()),
+            Ok(id) if id.role.serves() => Ok(ServerCertVerified::assertion()),
             Ok(id) => Err(Error::General(format!(
-                "the peer holds {}'s {} certificate, not a node's",
+                "the peer holds {}'s {} certificate, not a node's or a controller's",
                 id.name, id.role
             ))),
             Err(e) => Err(Error::General(e.to_string())),
