@@ -84,15 +84,17 @@ fi
 
 echo
 echo "== part 2: a controller that offloads by itself (docs/controller.md)"
+echo "== a controller certificate; the controller serves and calls the nodes over mutual TLS too"
+"$TERN" certs controller ctl --dir "$work/cluster" >/dev/null
 start_ctl() {
   "$TERN" controller --listen 127.0.0.1:0 --data-dir "$work/ctl" --min-residence 2s --min-age 1s \
-    >/dev/null 2> "$work/ctl.log" &
+    --tls-dir "$work/cluster" --name ctl >/dev/null 2> "$work/ctl.log" &
   pids+=($!)
   for _ in $(seq 200); do
     grep -q controller_started "$work/ctl.log" 2>/dev/null && break
     sleep 0.05
   done
-  ctl=http://$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/ctl.log" | head -n1)
+  ctl=https://$(sed -nE 's/.*"api":"([^"]+)".*/\1/p' "$work/ctl.log" | head -n1)
 }
 start_ctl
 "$TERN" certs node server2 --dir "$work/cluster" >/dev/null

@@ -13,8 +13,6 @@ use tern_controller::policy::{Policy, Tuning};
 use tern_controller::state::{EtcdStore, FileStore, Store, ETCD_PREFIX};
 use tern_controller::{Controller, ControllerConfig};
 
-use crate::client::Access;
-
 /// Arguments of `tern controller`.
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
@@ -57,14 +55,24 @@ pub struct ControllerArgs {
     /// guest may be given.
     #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
     floor: f64,
-    /// Allow serving the API on an address other than loopback (it has no
-    /// authentication of its own yet).
+    /// Cluster directory holding `ca.crt` and this controller's
+    /// certificate (`tern certs controller NAME`): serve the API only over
+    /// mutual TLS, and call the nodes with that certificate. Needs --name.
+    #[arg(long, value_name = "DIR", requires = "name")]
+    tls_dir: Option<PathBuf>,
+    /// Bearer tokens the API accepts, one `ROLE TOKEN` a line (role
+    /// `admin` or `read`, as `tern certs token` prints them); with it,
+    /// every API call must authenticate.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// A file holding the bearer token to give nodes that ask for one
+    /// (nodes with a --token-file and no TLS).
+    #[arg(long, value_name = "FILE")]
+    node_token_file: Option<PathBuf>,
+    /// Allow plaintext, unauthenticated service on an address other than
+    /// loopback (anyone who reaches it could move every guest).
     #[arg(long)]
     insecure: bool,
-    /// Credentials for calling the nodes (a client certificate with the
-    /// admin role, or a token).
-    #[command(flatten)]
-    access: Access,
 }
 
 /// Runs the daemon until killed.
@@ -76,12 +84,41 @@ pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
     let listener = std::net::TcpListener::bind(&a.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
     let bound = listener.local_addr().context("no local address")?;
-    if !bound.ip().is_loopback() && !a.insecure {
+    let tls = match &a.tls_dir {
+        Some(dir) => {
+            let name = a.name.as_deref().context("--tls-dir needs --name")?;
+            Some(tern_tls::Material::load_controller(dir, name).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (make one with `tern certs controller {name} --dir {}`)",
+                    dir.display()
+                )
+            })?)
+        }
+        None => None,
+    };
+    let tokens = match &a.token_file {
+        Some(f) => tern_tls::token::Tokens::load(f)?,
+        None => Default::default(),
+    };
+    let tokens_given = !tokens.is_empty();
+    if tls.is_none() && tokens.is_empty() && !bound.ip().is_loopback() && !a.insecure {
         anyhow::bail!(
-            "refusing to serve the controller API on {bound}: it has no authentication yet; \
-             keep it on loopback, or give --insecure on a trusted network"
+            "refusing to serve the controller API on {bound} without authentication: anyone \
+             who reaches it could move every guest; give --tls-dir (see docs/security.md), \
+             or --insecure on a trusted network"
         );
     }
+    let (server_tls, node_tls) = match &tls {
+        Some(m) => (
+            Some(m.server_config(tern_tls::ClientAuth::Optional)?),
+            Some(m.client_config()?),
+        ),
+        None => (None, None),
+    };
+    let node_token = match &a.node_token_file {
+        Some(f) => Some(tern_tls::token::read_client_token(f)?),
+        None => None,
+    };
     let name = a.name.clone().unwrap_or_else(|| bound.to_string());
     let tuning = Tuning {
         policy: a.policy,
@@ -96,8 +133,8 @@ pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
         tuning,
         tick: a.tick,
         node_timeout: a.node_timeout,
-        node_tls: a.access.tls()?,
-        node_token: a.access.token()?,
+        node_tls,
+        node_token,
     };
     let (store, nodes, election): (Box<dyn Store>, _, _) = if a.etcd.is_empty() {
         let s = FileStore::open(&a.data_dir).map_err(anyhow::Error::msg)?;
@@ -135,6 +172,12 @@ pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
         api = %bound,
         policy = a.policy.as_str(),
         store = %controller.store_description(),
+        security = match (tls.is_some(), tokens_given) {
+            (true, false) => "mutual TLS",
+            (true, true) => "mutual TLS, tokens",
+            (false, true) => "plaintext, tokens",
+            (false, false) => "plaintext, no authentication",
+        },
         tick_ms = a.tick.as_millis() as u64
     );
     if let Some(store) = election {
@@ -149,7 +192,12 @@ pub fn main(a: ControllerArgs) -> anyhow::Result<ExitCode> {
         .name("decide".into())
         .spawn(move || tern_controller::controller::run_loop(c))
         .context("cannot start the controller loop")?;
-    tern_controller::api::serve(listener, controller)
+    let auth = tern_node::http::Auth {
+        tls: server_tls,
+        tokens,
+        node_writes: &[],
+    };
+    tern_controller::api::serve(listener, controller, auth)
         .map_err(|e| anyhow::anyhow!("the API failed: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -237,9 +237,10 @@ pub fn main(a: NodeArgs) -> anyhow::Result<ExitCode> {
         let key = format!("/tern/nodes/{}", node.config.name);
         register(etcd, key, api.clone())?;
     }
-    let auth = tern_node::api::Auth {
+    let auth = tern_node::http::Auth {
         tls: tls.map(|t| t.api),
         tokens,
+        node_writes: &[],
     };
     tern_node::api::serve(listener, node, auth)
         .map_err(|e| anyhow::anyhow!("the API failed: {e}"))?;

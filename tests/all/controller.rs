@@ -14,14 +14,14 @@ use crate::migrate::{ok, NodeProc};
 use crate::support::*;
 
 /// A controller daemon, killed with SIGKILL when dropped.
-struct Ctl {
+pub struct Ctl {
     child: Child,
-    api: String,
+    pub api: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Ctl {
-    fn start(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Ctl {
+    pub fn start(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Ctl {
         let mut c = tern();
         c.args(["controller", "--listen", listen, "--data-dir"])
             .arg(dir)
@@ -51,7 +51,7 @@ impl Ctl {
         Ctl { child, api, log }
     }
 
-    fn cli(&self) -> Command {
+    pub fn cli(&self) -> Command {
         let mut c = tern();
         c.env("TERN_CONTROLLER", &self.api).env_remove("TERN_NODE");
         c

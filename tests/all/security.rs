@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
+use crate::controller::Ctl;
 use crate::migrate::{detach, migrate, ok, reference, wait_and_log, NodeProc};
 use crate::support::*;
 
@@ -179,4 +180,69 @@ fn peers_outside_the_cluster_are_refused_and_nothing_changes() {
     assert_eq!(v[0]["state"], "running", "{v}");
     assert_eq!(ps_count(&stranger), 0);
     assert!(logged(&a, "api_refused"), "one line in the node's log");
+}
+
+#[test]
+fn a_controller_over_mutual_tls_lets_nodes_join_and_only_admins_act() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path());
+    let d = dir.path().to_str().unwrap();
+    certs(&["controller", "ctl", "--dir", d]);
+    // A client certificate is not a controller's.
+    let data = tempfile::tempdir().unwrap();
+    let mut c = tern();
+    c.args(["controller", "--listen", "127.0.0.1:0", "--tls-dir", d])
+        .args(["--name", "ops", "--data-dir"])
+        .arg(data.path());
+    refused(c, "controller-ops.crt");
+
+    let ctl = Ctl::start(
+        data.path(),
+        "127.0.0.1:0",
+        &["--tls-dir", d, "--name", "ctl"],
+    );
+    let url = format!("https://{}", ctl.api);
+    let a = tls_node("a", dir.path(), &["--join", &url, "--speed", "1"]);
+    let as_client = |name: &str| {
+        let mut c = ctl.cli();
+        c.env("TERN_TLS_DIR", d).env("TERN_TLS_CLIENT", name);
+        c
+    };
+    // The node joined over TLS with its own certificate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = as_client("viewer");
+        c.args(["cluster", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+        if v["nodes"].as_array().is_some_and(|n| n.len() == 1) {
+            assert_eq!(v["nodes"][0]["info"]["name"], "a");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "node a never joined");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Plaintext, and a read-only client's change, are refused.
+    let mut c = ctl.cli();
+    c.args(["cluster"]);
+    refused(c, "speaks TLS only");
+    let mut c = as_client("viewer");
+    c.args(["run", "--detach"]).arg(guest("hello"));
+    refused(c, "read-only");
+    assert_eq!(ps_count(&a), 0, "a refused request started a guest");
+    // An admin places a guest; the controller calls the node with its own
+    // certificate; the output is whole.
+    let job = ["--mem", "8", "--iterations", "20000"];
+    let mut c = as_client("ops");
+    c.args(["run", "--detach"])
+        .arg(guest("dirtier"))
+        .arg("--")
+        .args(job);
+    let id = ok(c);
+    let mut c = as_client("ops");
+    c.args(["wait", &id]);
+    assert_eq!(ok(c), "0");
+    let mut c = as_client("viewer");
+    c.args(["logs", &id]);
+    let (out, _) = run(c);
+    assert_eq!(out.stdout, reference(&job), "the guest's output");
 }

@@ -93,7 +93,7 @@ pub fn explain_http(e: &ureq::Error) -> String {
             // A TLS alert record (0x15 0x03) where an HTTP header was due.
             // ureq reports it as a malformed header carrying those bytes.
             if t.to_string().contains("[21, 3, ") {
-                return "the node speaks TLS only: give --tls-dir (or TERN_TLS_DIR)".into();
+                return "the server speaks TLS only: give --tls-dir (or TERN_TLS_DIR)".into();
             }
             let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(t);
             while let Some(s) = src {

@@ -10,7 +10,11 @@
 //! | `GET /v1/guests` | every guest, and where |
 //! | `GET /v1/guests/ID` | where one guest is now |
 //! | `POST /v1/guests/ID/migrate` `{to}` | move a guest (waits for the end) |
-//! | `GET /metrics` | Prometheus |
+//! | `GET /metrics` | OpenMetrics text |
+//!
+//! Callers are checked as on a node ([`tern_node::http`]): with TLS, by
+//! their certificate or a token; nodes (role `node`) may join, and
+//! otherwise only read; changes are for `admin` and `controller`.
 
 use std::sync::Arc;
 
@@ -48,9 +52,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|_| Error::Internal("internal error (see the controller's log)".into()))?
 }
 
-/// Serves the API on `listener` until the process ends.
-pub fn serve(listener: std::net::TcpListener, controller: Arc<Controller>) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
+/// Serves the API on `listener`, callers checked by `auth`, until the
+/// process ends.
+pub fn serve(
+    listener: std::net::TcpListener,
+    controller: Arc<Controller>,
+    auth: tern_node::http::Auth,
+) -> std::io::Result<()> {
     let policy = controller.config.tuning.policy.as_str().to_string();
     let app = Arc::new(App { controller, policy });
     let router = Router::new()
@@ -66,15 +74,11 @@ pub fn serve(listener: std::net::TcpListener, controller: Arc<Controller>) -> st
         })
         .layer(DefaultBodyLimit::max(512 << 20))
         .with_state(app);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("api")
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(listener, router).await
-    })
+    let auth = tern_node::http::Auth {
+        node_writes: &["/v1/nodes"],
+        ..auth
+    };
+    tern_node::http::serve(listener, router, auth)
 }
 
 async fn join(State(app): State<Arc<App>>, bytes: axum::body::Bytes) -> Reply {

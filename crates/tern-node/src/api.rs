@@ -16,7 +16,7 @@
 //! | `POST /v1/guests/ID/migrate` | `{"to","strategy","max_downtime_ms","dirty"}` -> `{"migration"}` | admin |
 //! | `GET /v1/migrations` | every migration report kept | read |
 //! | `GET /v1/migrations/MID` | one migration's progress and report | read |
-//! | `GET /metrics` | Prometheus text format | read |
+//! | `GET /metrics` | OpenMetrics text | read |
 //!
 //! Requests and replies are `tern_api`'s types. Errors are
 //! [`tern_api::ErrorBody`] (`{"error": "..."}`) with the status
@@ -25,20 +25,19 @@
 //! # Who may call
 //!
 //! A node started with `--tls-dir` speaks only TLS. A caller is then known
-//! by its client certificate (role `admin`, `read`, or `node` for other
-//! nodes, which may read) or, without one, by a bearer token from the
-//! node's `--token-file`. A node with a token file but no TLS asks for the
-//! token too. A node with neither lets anyone who reaches its port do
-//! anything: it listens on loopback unless told otherwise.
+//! by its client certificate (role `admin` or `controller`, which may do
+//! everything, `read`, or `node` for other nodes, which may read) or,
+//! without one, by a bearer token from the node's `--token-file`. A node
+//! with a token file but no TLS asks for the token too. A node with
+//! neither lets anyone who reaches its port do anything: it listens on
+//! loopback unless told otherwise. ([`crate::http`] does the checking.)
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -48,9 +47,8 @@ use tern_api::{
     BootSpec, CheckpointReply, CheckpointRequest, Created, ErrorBody, MigrateRequest,
     RestoreRequest,
 };
-use tern_tls::token::Tokens;
-use tern_tls::{Identity, Role};
 
+pub use crate::http::Auth;
 use crate::runner::RunState;
 use crate::{Error, Node};
 
@@ -59,29 +57,6 @@ const MAX_BODY: usize = 512 << 20;
 
 /// Most log bytes one `logs` reply carries (the client asks again).
 const LOG_REPLY: u64 = 8 << 20;
-
-/// How the API checks its callers.
-#[derive(Clone, Default)]
-pub struct Auth {
-    /// TLS for every connection, client certificates optional (tokens
-    /// stand in for them).
-    pub tls: Option<Arc<tern_tls::rustls::ServerConfig>>,
-    /// Bearer tokens accepted.
-    pub tokens: Tokens,
-}
-
-impl Auth {
-    fn required(&self) -> bool {
-        self.tls.is_some() || !self.tokens.is_empty()
-    }
-}
-
-/// The certificate identity of a connection's peer, if it gave one.
-#[derive(Clone)]
-struct Peer {
-    cert: Option<Identity>,
-    addr: SocketAddr,
-}
 
 /// Every error is answered with its status and a one-line body.
 impl IntoResponse for Error {
@@ -112,74 +87,10 @@ async fn blocking<T: Send + 'static>(
 
 /// Serves the API on `listener` until the process ends.
 pub fn serve(listener: std::net::TcpListener, node: Arc<Node>, auth: Auth) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("api")
-        .enable_all()
-        .build()?;
-    rt.block_on(accept_loop(listener, node, auth))
+    crate::http::serve(listener, router(node), auth)
 }
 
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    node: Arc<Node>,
-    auth: Auth,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let acceptor = auth.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let app = router(node, auth);
-    loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(c) => c,
-            Err(_) => {
-                // Out of descriptors, most likely: let some close.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        tcp.set_nodelay(true).ok();
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let Some(acceptor) = acceptor else {
-                serve_conn(tcp, app, Peer { cert: None, addr }).await;
-                return;
-            };
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let cert = tern_tls::peer_identity(tls.get_ref().1.peer_certificates());
-                    serve_conn(tls, app, Peer { cert, addr }).await;
-                }
-                Ok(Err(e)) => {
-                    let why = tern_tls::explain_io(&e).unwrap_or_else(|| e.to_string());
-                    tracing::warn!(event = "api_refused", peer = %addr, error = %why);
-                }
-                Err(_) => tracing::warn!(
-                    event = "api_refused",
-                    peer = %addr,
-                    error = "TLS handshake timed out"
-                ),
-            }
-        });
-    }
-}
-
-async fn serve_conn<S>(io: S, app: Router, peer: Peer)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    use tower::Service;
-    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(peer.clone());
-        app.clone().call(req)
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .await;
-}
-
-fn router(node: Arc<Node>, auth: Auth) -> Router {
+fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/node", get(node_info))
         .route("/metrics", get(metrics))
@@ -199,60 +110,7 @@ fn router(node: Arc<Node>, auth: Auth) -> Router {
             Error::NotFound(format!("no such endpoint: {method} {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(Arc::new(auth), authorize))
         .with_state(node)
-}
-
-/// Lets a request through only if its caller may make it.
-async fn authorize(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
-    if !auth.required() {
-        return next.run(req).await;
-    }
-    let peer = req.extensions().get::<Peer>().cloned();
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let who = match (peer.as_ref().and_then(|p| p.cert.clone()), bearer) {
-        (Some(id), _) => Some(id),
-        (None, Some(token)) => auth.tokens.check(token),
-        (None, None) => None,
-    };
-    let addr = peer.map(|p| p.addr.to_string()).unwrap_or_default();
-    let Some(who) = who else {
-        let why = if bearer.is_some() {
-            "unknown token"
-        } else {
-            "authentication required: a client certificate (--tls-dir) or a token (--token-file)"
-        };
-        tracing::warn!(event = "api_refused", peer = ?addr, error = why, path = req.uri().path());
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(ErrorBody { error: why.into() }),
-        )
-            .into_response();
-    };
-    let reads = req.method() == Method::GET || req.method() == Method::HEAD;
-    let allowed = reads || who.role.may_write();
-    if !allowed {
-        tracing::warn!(
-            event = "api_refused",
-            peer = ?addr,
-            who = %who.name,
-            role = who.role.as_str(),
-            error = "read-only caller",
-            path = req.uri().path()
-        );
-        let role = match who.role {
-            Role::Node => "a node",
-            _ => "read-only",
-        };
-        let error = format!("{} is {role}: only an admin may {}", who.name, req.method());
-        return (StatusCode::FORBIDDEN, Json(ErrorBody { error })).into_response();
-    }
-    next.run(req).await
 }
 
 async fn node_info(State(node): State<Arc<Node>>) -> Reply {

@@ -26,6 +26,7 @@ pub mod config;
 pub mod cpu;
 pub mod departed;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
