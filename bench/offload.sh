@@ -36,7 +36,8 @@
 # functional: the boards are Tern built for aarch64 under qemu-aarch64 (no
 #   quotas; server --cpus 1, boards --cpus 1 and their measured speed); a
 #   burst of 4 jobs; outputs compared; the moves recorded in
-#   bench/results/offload_functional.csv.
+#   bench/results/offload_functional.csv, where each guest ran in
+#   offload_functional_timeline.csv.
 set -euo pipefail
 mode=${1:-capacity}
 case $mode in capacity|functional) ;; *) echo "usage: bench/offload.sh [capacity|functional]" >&2; exit 2 ;; esac
@@ -172,7 +173,7 @@ cluster() {
   mkdir -p "$OUT/offload_runs"
   cp "$d/cluster.json" "$OUT/offload_runs/$config-$policy-$n.json"
   cp "$d/ctl.log" "$OUT/offload_runs/$config-$policy-$n.ctl.log"
-  python3 - "$d/cluster.json" "$t0" "$t1" "$e0" "$d/ends" "$OUT/offload_timeline.csv" "$config" "$policy" "$n" <<'PY'
+  python3 - "$d/cluster.json" "$t0" "$t1" "$e0" "$d/ends" "$TIMELINE" "$config" "$policy" "$n" <<'PY'
 import json, sys
 view = json.load(open(sys.argv[1]))
 t0, t1, e0 = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -210,19 +211,22 @@ wait_jobs() { # N FILE: until FILE has N lines
 
 if [ "$mode" = functional ]; then
   BOARD_TERN=$(scripts/build-aarch64.sh)
-  echo "config,policy,jobs,guest,node,start_s,end_s" > "$OUT/offload_timeline.csv"
+  TIMELINE=$OUT/offload_functional_timeline.csv
+  echo "config,policy,jobs,guest,node,start_s,end_s" > "$TIMELINE"
   cluster functional throughput 4 > "$work/result"
   read -r span energy moves latency < "$work/result"
   echo "jobs,makespan_s,moves,max_decision_to_start_ms,energy_j" > "$OUT/offload_functional.csv"
   echo "4,$span,$moves,$latency,$energy" >> "$OUT/offload_functional.csv"
   column -s, -t < "$OUT/offload_functional.csv"
+  column -s, -t < "$TIMELINE"
   echo "offload: every output of the functional testbed (boards: aarch64 under qemu-aarch64) equals an uninterrupted run"
   exit 0
 fi
 
 csv=$OUT/offload_capacity.csv
+TIMELINE=$OUT/offload_timeline.csv
 echo "load,jobs,config,makespan_s,jobs_per_min,throughput_vs_alone,throughput_vs_alone_tern,energy_j,energy_per_job_j,work_per_joule_vs_alone,work_per_joule_vs_alone_tern,moves,max_decision_to_start_ms" > "$csv"
-echo "config,policy,jobs,guest,node,start_s,end_s" > "$OUT/offload_timeline.csv"
+echo "config,policy,jobs,guest,node,start_s,end_s" > "$TIMELINE"
 for load in ${LOADS:-1 2 4}; do
   n=$load
   a=$(alone "$n")
