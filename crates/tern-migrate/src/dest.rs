@@ -88,7 +88,7 @@ pub fn serve(stream: TcpStream, host: &dyn DestHost) -> Result<Served, MigrateEr
     let (version, from_node, source_listen) = match checked {
         Ok(v) => v,
         Err(e) => {
-            let _ = c.send_now(&Message::Abort(e.to_string()));
+            c.abort(&e);
             return Err(e);
         }
     };
@@ -282,7 +282,7 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
     let guest = match built {
         Ok(g) => g,
         Err(e) => {
-            let _ = c.send_now(&Message::Abort(e.to_string()));
+            c.abort(&e);
             if log_opened {
                 host.discard(&b.guest);
             }
@@ -386,17 +386,18 @@ fn ask_owner(source: &str, migration_id: &str, host: &dyn DestHost) -> Result<bo
             arch: std::env::consts::ARCH.into(),
             listen: String::new(),
         })?;
-        match c.recv()? {
-            Message::Welcome { node, .. } => c.check_claim(&node)?,
-            other => return Err(proto::unexpected(&other, "Welcome")),
-        }
+        let node = c.expect("Welcome", |m| match m {
+            Message::Welcome { node, .. } => Ok(node),
+            other => Err(other),
+        })?;
+        c.check_claim(&node)?;
         c.send_now(&Message::Resolve {
             migration_id: migration_id.to_string(),
         })?;
-        match c.recv()? {
+        c.expect("Owner", |m| match m {
             Message::Owner { destination } => Ok(destination),
-            other => Err(proto::unexpected(&other, "Owner")),
-        }
+            other => Err(other),
+        })
     };
     q().map_err(|_| None)
 }

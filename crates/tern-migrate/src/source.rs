@@ -230,10 +230,10 @@ pub fn migrate(
     })?;
     link.flush()?;
     link.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let (version, destination_node) = match link.recv()? {
-        Message::Welcome { version, node, .. } => (version, node),
-        other => return Err(proto::unexpected(&other, "Welcome")),
-    };
+    let (version, destination_node) = link.expect("Welcome", |m| match m {
+        Message::Welcome { version, node, .. } => Ok((version, node)),
+        other => Err(other),
+    })?;
     link.check_claim(&destination_node)?;
     if let Some(expected) = opts.expect_node.as_deref().filter(|_| opts.tls.is_some()) {
         if expected != destination_node {
@@ -364,23 +364,21 @@ pub fn migrate(
         progress(&prog);
         link.set_read_timeout(Some(opts.ack_timeout))?;
         t_final = Instant::now();
-        match link.recv()? {
+        link.expect("Restored", |m| match m {
             Message::Restored => Ok(()),
-            other => Err(proto::unexpected(&other, "Restored")),
-        }
+            other => Err(other),
+        })
     })();
     let restore_ms = ms(t_final.elapsed());
     if let Err(e) = result {
         // The destination never confirmed: the guest stays (and runs) here.
-        let _ = link.send(&Message::Abort(e.to_string()));
-        let _ = link.flush();
+        link.abort(&e);
         guest.resume();
         return Err(e);
     }
     // The destination has the guest, paused. Record the handoff, then let go.
     if let Err(e) = guest.hand_over(&opts.migration_id) {
-        let _ = link.send(&Message::Abort(e.to_string()));
-        let _ = link.flush();
+        link.abort(&e);
         guest.resume();
         return Err(e);
     }
@@ -499,10 +497,10 @@ fn precopy_rounds(
         // Wait until the destination has applied the round.
         link.send(&Message::Sync)?;
         link.flush()?;
-        match link.recv()? {
-            Message::Synced => {}
-            other => return Err(proto::unexpected(&other, "Synced")),
-        }
+        link.expect("Synced", |m| match m {
+            Message::Synced => Ok(()),
+            other => Err(other),
+        })?;
         *pages_sent += n;
         let elapsed = t_round.elapsed();
         let bytes = link.bytes - before;

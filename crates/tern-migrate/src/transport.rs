@@ -1,11 +1,26 @@
-//! One framed link to a peer, over plain TCP or over mutual TLS.
+//! One framed link to a peer: [`Link`], the only way either side of a
+//! migration talks to the other.
 //!
-//! With TLS, both ends present a node certificate signed by the cluster CA
-//! and the handshake in [`crate::proto`] then checks that the name each
-//! side claims in `Hello`/`Welcome` is the name its certificate carries.
+//! A link carries [`Message`]s in the frames of [`crate::proto`] over one of
+//! three byte streams:
+//!
+//! * plain TCP ([`Link::connect`] / [`Link::accept`] without TLS);
+//! * mutual TLS over TCP (the same with a [`Tls`]): both ends present a
+//!   node certificate signed by the cluster CA, and the handshake in
+//!   [`crate::session`] then checks that the name each side claims in
+//!   `Hello`/`Welcome` is the name its certificate carries;
+//! * an in-process pipe (`Link::pipe`, a connected pair of Unix stream
+//!   sockets; test builds only), so the source and the destination can be
+//!   tested against each other without a network.
+//!
+//! Whatever the stream, a link buffers what it sends until [`Link::flush`]
+//! (or [`Link::send_now`]), counts the bytes it moved both ways
+//! ([`Link::bytes`]) and turns every failure into a [`MigrateError`].
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+#[cfg(test)]
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +50,16 @@ enum Stream {
     Plain(TcpStream),
     Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+    /// One end of an in-process pipe (tests only).
+    #[cfg(test)]
+    Pipe(UnixStream),
+}
+
+/// The socket under a stream, for what TLS does not wrap (read timeouts).
+enum Socket {
+    Tcp(TcpStream),
+    #[cfg(test)]
+    Unix(UnixStream),
 }
 
 /// The stream shared by the reading and the writing half. A link is used by
@@ -48,6 +73,8 @@ impl Read for Half {
             Stream::Plain(s) => s.read(buf),
             Stream::Client(s) => s.read(buf),
             Stream::Server(s) => s.read(buf),
+            #[cfg(test)]
+            Stream::Pipe(s) => s.read(buf),
         }
     }
 }
@@ -58,6 +85,8 @@ impl Write for Half {
             Stream::Plain(s) => s.write(buf),
             Stream::Client(s) => s.write(buf),
             Stream::Server(s) => s.write(buf),
+            #[cfg(test)]
+            Stream::Pipe(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -65,6 +94,8 @@ impl Write for Half {
             Stream::Plain(s) => s.flush(),
             Stream::Client(s) => s.flush(),
             Stream::Server(s) => s.flush(),
+            #[cfg(test)]
+            Stream::Pipe(s) => s.flush(),
         }
     }
 }
@@ -73,7 +104,7 @@ impl Write for Half {
 pub(crate) struct Link {
     w: BufWriter<Half>,
     r: BufReader<Half>,
-    tcp: TcpStream,
+    sock: Socket,
     peer: Option<Identity>,
     /// Bytes sent and received so far.
     pub(crate) bytes: u64,
@@ -88,15 +119,24 @@ fn tls_io(e: io::Error) -> io::Error {
 }
 
 impl Link {
-    fn new(tcp: TcpStream, stream: Stream, peer: Option<Identity>) -> io::Result<Link> {
+    fn new(sock: Socket, stream: Stream, peer: Option<Identity>) -> io::Result<Link> {
         let half = Half(Arc::new(Mutex::new(stream)));
         Ok(Link {
             w: BufWriter::with_capacity(1 << 20, half.clone()),
             r: BufReader::with_capacity(1 << 20, half),
-            tcp,
+            sock,
             peer,
             bytes: 0,
         })
+    }
+
+    #[cfg(test)]
+    /// Two links connected to each other in this process (no TLS, no
+    /// network): what one sends, the other receives.
+    pub(crate) fn pipe() -> io::Result<(Link, Link)> {
+        let (a, b) = UnixStream::pair()?;
+        let end = |s: UnixStream| Link::new(Socket::Unix(s.try_clone()?), Stream::Pipe(s), None);
+        Ok((end(a)?, end(b)?))
     }
 
     /// Connects to `addr`; with `tls`, completes the handshake (so a peer
@@ -109,7 +149,7 @@ impl Link {
         let tcp = TcpStream::connect_timeout(&addr, timeout)?;
         tcp.set_nodelay(true).ok();
         let Some(tls) = tls else {
-            return Link::new(tcp.try_clone()?, Stream::Plain(tcp), None);
+            return Link::new(Socket::Tcp(tcp.try_clone()?), Stream::Plain(tcp), None);
         };
         // Names are checked against the certificate by the protocol, not
         // against an address: any server name does.
@@ -123,14 +163,14 @@ impl Link {
         }
         tcp.set_read_timeout(None)?;
         let peer = tern_tls::peer_identity(s.conn.peer_certificates());
-        Link::new(tcp, Stream::Client(Box::new(s)), peer)
+        Link::new(Socket::Tcp(tcp), Stream::Client(Box::new(s)), peer)
     }
 
     /// Takes an accepted connection; with `tls`, completes the handshake.
     pub(crate) fn accept(tcp: TcpStream, tls: Option<&Tls>) -> io::Result<Link> {
         tcp.set_nodelay(true).ok();
         let Some(tls) = tls else {
-            return Link::new(tcp.try_clone()?, Stream::Plain(tcp), None);
+            return Link::new(Socket::Tcp(tcp.try_clone()?), Stream::Plain(tcp), None);
         };
         let conn = rustls::ServerConnection::new(tls.server.clone())
             .map_err(|e| io::Error::other(tern_tls::explain(&e)))?;
@@ -139,7 +179,7 @@ impl Link {
             s.conn.complete_io(&mut s.sock).map_err(tls_io)?;
         }
         let peer = tern_tls::peer_identity(s.conn.peer_certificates());
-        Link::new(tcp, Stream::Server(Box::new(s)), peer)
+        Link::new(Socket::Tcp(tcp), Stream::Server(Box::new(s)), peer)
     }
 
     /// Who the peer's certificate says it is (TLS only).
@@ -162,7 +202,12 @@ impl Link {
 
     /// Gives up on a peer silent for this long (None: wait forever).
     pub(crate) fn set_read_timeout(&self, t: Option<Duration>) -> Result<(), MigrateError> {
-        self.tcp.set_read_timeout(t).map_err(MigrateError::Receive)
+        match &self.sock {
+            Socket::Tcp(s) => s.set_read_timeout(t),
+            #[cfg(test)]
+            Socket::Unix(s) => s.set_read_timeout(t),
+        }
+        .map_err(MigrateError::Receive)
     }
 
     /// Queues `m`.
@@ -190,6 +235,23 @@ impl Link {
         })?;
         self.bytes += n;
         Ok(m)
+    }
+
+    /// The next message, which must be the one `pick` takes (`Ok`); any
+    /// other (`Err`, handed back) is an error naming `want`, and a peer's
+    /// `Abort` is [`MigrateError::Aborted`] with its reason.
+    pub(crate) fn expect<T>(
+        &mut self,
+        want: &str,
+        pick: impl FnOnce(Message) -> Result<T, Message>,
+    ) -> Result<T, MigrateError> {
+        pick(self.recv()?).map_err(|other| proto::unexpected(&other, want))
+    }
+
+    /// Tells the peer the migration is off, why, and pushes it out; best
+    /// effort (the peer may be gone already, which is often why).
+    pub(crate) fn abort(&mut self, why: &MigrateError) {
+        let _ = self.send_now(&Message::Abort(why.to_string()));
     }
 }
 
@@ -235,6 +297,35 @@ mod tests {
         assert!(matches!(server.recv().unwrap(), Message::Sync));
         server.send_now(&Message::Synced).unwrap();
         assert!(matches!(client.recv().unwrap(), Message::Synced));
+    }
+
+    #[test]
+    fn a_pipe_carries_frames_both_ways_and_counts_them() {
+        let (mut a, mut b) = Link::pipe().unwrap();
+        assert!(a.peer().is_none());
+        assert!(a.check_claim("anyone").is_ok());
+        a.send(&Message::Sync).unwrap();
+        a.send(&Message::ModuleChunk(vec![7; 100_000])).unwrap();
+        a.flush().unwrap();
+        assert!(matches!(b.recv().unwrap(), Message::Sync));
+        let chunk = b.expect("ModuleChunk", |m| match m {
+            Message::ModuleChunk(c) => Ok(c),
+            other => Err(other),
+        });
+        assert_eq!(chunk.unwrap().len(), 100_000);
+        assert_eq!(a.bytes, b.bytes);
+        b.abort(&MigrateError::Local("no room".into()));
+        let e = a.expect("Synced", |m| match m {
+            Message::Synced => Ok(()),
+            other => Err(other),
+        });
+        assert!(matches!(e, Err(MigrateError::Aborted(why)) if why == "no room"));
+        // A read timeout is a receive error, not a hang.
+        a.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        assert!(matches!(a.recv(), Err(MigrateError::Receive(_))));
+        // A closed peer is a receive error too.
+        drop(b);
+        assert!(matches!(a.recv(), Err(MigrateError::Receive(_))));
     }
 
     #[test]
