@@ -10,6 +10,7 @@ use tern_vm::{Guest, Incoming, Runtime};
 use crate::base::hash_messages;
 use crate::pages::apply_run;
 use crate::proto::{self, GuestInfo, Message, MAX_MODULE};
+use crate::session::{self, Begin, Greeted, Opening};
 use crate::transport::{Link, Tls};
 use crate::MigrateError;
 
@@ -79,65 +80,21 @@ pub fn serve(stream: TcpStream, host: &dyn DestHost) -> Result<Served, MigrateEr
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(MigrateError::Receive)?;
-    let mut c = Link::accept(stream, host.tls()).map_err(MigrateError::Receive)?;
-    let hello = c.recv()?;
-    let checked = proto::check_hello(&hello).and_then(|v| {
-        c.check_claim(&v.1)?;
-        Ok(v)
-    });
-    let (version, from_node, source_listen) = match checked {
-        Ok(v) => v,
-        Err(e) => {
-            c.abort(&e);
-            return Err(e);
-        }
-    };
-    c.send_now(&Message::Welcome {
-        version,
-        node: host.node_name(),
-        arch: std::env::consts::ARCH.into(),
-    })?;
-    match c.recv()? {
-        Message::Resolve { migration_id } => {
-            c.send_now(&Message::Owner {
-                destination: host.handed_over(&migration_id),
-            })?;
-            Ok(Served::Resolved)
-        }
-        Message::Begin {
-            migration_id,
-            guest,
-            meta,
-            module_len,
-            memory_size,
-            ..
-        } => receive(
-            &mut c,
-            host,
-            Begun {
-                migration_id,
-                guest,
-                meta,
-                module_len,
-                memory_size,
-                from_node,
-                source_listen,
-                version,
-            },
-        ),
-        other => Err(proto::unexpected(&other, "Begin or Resolve")),
-    }
+    let link = Link::accept(stream, host.tls()).map_err(MigrateError::Receive)?;
+    serve_link(link, host)
 }
 
-struct Begun {
-    migration_id: String,
-    guest: GuestInfo,
-    meta: Vec<u8>,
-    module_len: u64,
-    memory_size: u64,
-    from_node: String,
-    source_listen: String,
-    version: u32,
+/// Serves one session on a link whatever carries it (a TCP or TLS
+/// connection, or an in-process pipe in tests).
+pub(crate) fn serve_link(mut c: Link, host: &dyn DestHost) -> Result<Served, MigrateError> {
+    let greeted = session::welcome(&mut c, &host.node_name())?;
+    match session::opening(&mut c)? {
+        Opening::Resolve(migration_id) => {
+            session::answer_owner(&mut c, host.handed_over(&migration_id))?;
+            Ok(Served::Resolved)
+        }
+        Opening::Begin(begin) => receive(&mut c, host, begin, greeted),
+    }
 }
 
 /// Fills `incoming`'s memory from the image at `path` of the same guest and
@@ -163,7 +120,12 @@ fn load_base(
     Ok(view.memory_size())
 }
 
-fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, MigrateError> {
+fn receive(
+    c: &mut Link,
+    host: &dyn DestHost,
+    b: Begin,
+    from: Greeted,
+) -> Result<Served, MigrateError> {
     // Everything up to `Restored`: any failure aborts, and the source keeps
     // (and resumes) the guest.
     let mut log_opened = false;
@@ -177,12 +139,12 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
             )));
         }
         // Protocol 3: a module this node holds is not sent again.
-        let held = if b.version >= 3 {
+        let held = if from.version >= 3 {
             host.module(&meta.prepared_digest)
         } else {
             None
         };
-        if b.version >= 3 {
+        if from.version >= 3 {
             c.send_now(&Message::ModuleWanted(held.is_none()))?;
         }
         let arrived = held.is_none();
@@ -201,7 +163,7 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
             }
         }
         let rt = host.runtime();
-        let mut incoming = working(c, b.version, "compiling the module", || {
+        let mut incoming = working(c, from.version, "compiling the module", || {
             Incoming::new(rt, &module, &meta)
         })?
         .map_err(|e| MigrateError::Guest(e.to_string()))?;
@@ -219,7 +181,7 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
         // base: the source then sends everything.
         let base = match host.base_image(&b.guest) {
             Some(path) => {
-                let loaded = working(c, b.version, "loading the guest's last image", || {
+                let loaded = working(c, from.version, "loading the guest's last image", || {
                     load_base(&mut incoming, &path, &meta, b.memory_size)
                 })?;
                 loaded
@@ -299,10 +261,10 @@ fn receive(c: &mut Link, host: &dyn DestHost, b: Begun) -> Result<Served, Migrat
             let _ = proto::unexpected(&other, "Commit");
             false
         }
-        Err(_) => resolve(&b.source_listen, &b.migration_id, host),
+        Err(_) => resolve(&from.listen, &b.migration_id, host),
     };
     if ours {
-        host.adopt(b.guest.clone(), guest, &b.migration_id, &b.from_node);
+        host.adopt(b.guest.clone(), guest, &b.migration_id, &from.node);
         Ok(Served::Adopted { guest: b.guest.id })
     } else {
         host.discard(&b.guest);
@@ -379,25 +341,8 @@ fn ask_owner(source: &str, migration_id: &str, host: &dyn DestHost) -> Result<bo
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|_| None)?;
     let mut q = || -> Result<bool, MigrateError> {
-        c.send_now(&Message::Hello {
-            magic: proto::MAGIC,
-            version: proto::PROTOCOL_VERSION,
-            node: host.node_name(),
-            arch: std::env::consts::ARCH.into(),
-            listen: String::new(),
-        })?;
-        let node = c.expect("Welcome", |m| match m {
-            Message::Welcome { node, .. } => Ok(node),
-            other => Err(other),
-        })?;
-        c.check_claim(&node)?;
-        c.send_now(&Message::Resolve {
-            migration_id: migration_id.to_string(),
-        })?;
-        c.expect("Owner", |m| match m {
-            Message::Owner { destination } => Ok(destination),
-            other => Err(other),
-        })
+        session::hello(&mut c, proto::PROTOCOL_VERSION, &host.node_name(), "")?;
+        session::ask_owner(&mut c, migration_id)
     };
     q().map_err(|_| None)
 }

@@ -25,6 +25,7 @@ pub mod base;
 pub mod dest;
 pub mod pages;
 pub mod proto;
+mod session;
 pub mod source;
 pub mod transport;
 

@@ -11,6 +11,7 @@ use tern_vm::Captured;
 use crate::base::Base;
 use crate::pages::{is_zero, Batcher, PAGE, RUN_PAGES};
 use crate::proto::{self, GuestInfo, Message, Strategy, LOG_CHUNK, MODULE_CHUNK};
+use crate::session;
 use crate::transport::{Link, Tls};
 use crate::MigrateError;
 
@@ -221,20 +222,11 @@ pub fn migrate(
         .ok_or_else(|| connect_err(std::io::Error::other("no address")))?;
     let mut link =
         Link::connect(addr, Duration::from_secs(10), opts.tls.as_ref()).map_err(connect_err)?;
-    link.send(&Message::Hello {
-        magic: proto::MAGIC,
-        version: proto::PROTOCOL_VERSION,
-        node: opts.node.clone(),
-        arch: std::env::consts::ARCH.into(),
-        listen: opts.listen.clone(),
-    })?;
-    link.flush()?;
     link.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let (version, destination_node) = link.expect("Welcome", |m| match m {
-        Message::Welcome { version, node, .. } => Ok((version, node)),
-        other => Err(other),
-    })?;
-    link.check_claim(&destination_node)?;
+    let session::Welcomed {
+        version,
+        node: destination_node,
+    } = session::hello(&mut link, proto::PROTOCOL_VERSION, &opts.node, &opts.listen)?;
     if let Some(expected) = opts.expect_node.as_deref().filter(|_| opts.tls.is_some()) {
         if expected != destination_node {
             return Err(MigrateError::Protocol(format!(
@@ -246,14 +238,17 @@ pub fn migrate(
     let info = guest.info();
     let (module, meta) = guest.module()?;
     let mem = guest.memory()?;
-    link.send(&Message::Begin {
-        migration_id: opts.migration_id.clone(),
-        guest: info.clone(),
-        strategy: opts.strategy,
-        meta: postcard::to_allocvec(&meta).map_err(|e| MigrateError::Encode(e.to_string()))?,
-        module_len: module.len() as u64,
-        memory_size: mem.len() as u64,
-    })?;
+    session::begin(
+        &mut link,
+        &session::Begin {
+            migration_id: opts.migration_id.clone(),
+            guest: info.clone(),
+            strategy: opts.strategy,
+            meta: postcard::to_allocvec(&meta).map_err(|e| MigrateError::Encode(e.to_string()))?,
+            module_len: module.len() as u64,
+            memory_size: mem.len() as u64,
+        },
+    )?;
     // From protocol 3 on, the destination says whether it holds the
     // module already; before, it always wants it.
     let wanted = if version >= 3 {
