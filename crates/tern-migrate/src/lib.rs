@@ -1,10 +1,26 @@
 //! Tern's live migration: moving a running guest to another node with the
 //! least downtime, the fewest bytes, and never a lost or duplicated guest.
 //!
-//! * [`proto`]: the wire protocol (framed postcard messages over TCP).
+//! By concern:
+//!
+//! * [`transport`]: one framed link ([`transport::Link`], crate-private)
+//!   carrying [`proto`] messages over TCP, mutual TLS ([`Tls`]) or, in
+//!   tests, an in-process pipe; both sides use it the same way.
+//! * [`proto`]: the wire protocol (framed postcard messages).
+//! * `session` (crate-private): how every session starts, on both sides:
+//!   `Hello`/`Welcome` with the version check, then `Begin` (a migration)
+//!   or `Resolve` (who owns a guest).
+//! * [`handoff`]: the exactly-one-owner handoff as a state machine
+//!   ([`handoff::State`]), driven by the source.
+//! * `strategy` (crate-private): how memory moves, one module per
+//!   strategy: `strategy::cold` (stop and copy) and `strategy::precopy`
+//!   (rounds of dirty pages while the guest runs, tracked by
+//!   [`tern_vm::dirty`]).
+//! * [`base`] and [`pages`]: sending only what the destination lacks, and
+//!   the page runs that carry it.
 //! * [`source`]: the sending side, [`migrate`], over a [`SourceGuest`] the
-//!   node implements: cold (stop and copy) or pre-copy (rounds of dirty
-//!   pages while the guest runs, tracked by [`tern_vm::dirty`]).
+//!   node implements: session, module, base, the strategy's copying, the
+//!   handoff.
 //! * [`dest`]: the receiving side, [`serve`], over a [`DestHost`]: builds
 //!   the guest page by page while the source still runs
 //!   ([`tern_vm::Incoming`]) and takes ownership only when the source lets go.
@@ -18,15 +34,17 @@
 //! `Commit`. A destination that said `Restored` but lost the connection
 //! before `Commit` asks the source (`Resolve`); if the source process is
 //! gone (connection refused), its copy died with it and the destination
-//! runs the guest. `docs/migration.md` has the sequence diagram and the
-//! state machine.
+//! runs the guest. [`handoff`] has the source's state machine;
+//! `docs/migration.md` has the sequence diagram and both sides' states.
 
 pub mod base;
 pub mod dest;
+pub mod handoff;
 pub mod pages;
 pub mod proto;
 mod session;
 pub mod source;
+mod strategy;
 pub mod transport;
 
 pub use dest::{serve, DestHost, Served};
