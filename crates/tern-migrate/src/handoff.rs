@@ -164,6 +164,12 @@ impl<'g> Handoff<'g> {
         }
     }
 
+    /// Where it is.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> State {
+        self.state
+    }
+
     /// Pauses the guest (an error, e.g. [`MigrateError::Ended`], leaves it
     /// in `SourceOwns`).
     pub(crate) fn pause(&mut self) -> Result<(), MigrateError> {

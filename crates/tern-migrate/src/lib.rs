@@ -45,6 +45,8 @@ pub mod proto;
 mod session;
 pub mod source;
 mod strategy;
+#[cfg(test)]
+mod tests;
 pub mod transport;
 
 pub use dest::{serve, DestHost, Served};

@@ -30,6 +30,9 @@ use crate::MigrateError;
 pub(crate) enum Memory {
     /// A guest's own memory (readable while it runs).
     Guest(MemoryHandle),
+    /// Plain bytes standing in for a guest's memory in tests.
+    #[cfg(test)]
+    Bytes(Vec<u8>),
 }
 
 impl Memory {
@@ -37,6 +40,8 @@ impl Memory {
     pub(crate) fn len(&self) -> usize {
         match self {
             Memory::Guest(h) => h.len(),
+            #[cfg(test)]
+            Memory::Bytes(b) => b.len(),
         }
     }
 
@@ -46,6 +51,15 @@ impl Memory {
             Memory::Guest(h) => h
                 .read(offset, dst)
                 .map_err(|e| MigrateError::Memory(e.to_string())),
+            #[cfg(test)]
+            Memory::Bytes(b) => {
+                let src = offset
+                    .checked_add(dst.len())
+                    .and_then(|end| b.get(offset..end))
+                    .ok_or_else(|| MigrateError::Memory("read past the end".into()))?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
         }
     }
 
@@ -53,6 +67,8 @@ impl Memory {
     pub(crate) fn handle(&self) -> Option<&MemoryHandle> {
         match self {
             Memory::Guest(h) => Some(h),
+            #[cfg(test)]
+            Memory::Bytes(_) => None,
         }
     }
 }
