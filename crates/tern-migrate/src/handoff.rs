@@ -40,7 +40,7 @@
 //! both sides and the sequence of messages.
 //!
 //! [`State`] is the bare machine (transitions return the next state or an
-//! [`Illegal`] error); [`Handoff`] drives it for one migration, doing what
+//! [`Illegal`] error); `Handoff` (crate-private) drives it for one migration, doing what
 //! each transition means to the guest and to the peer.
 
 use std::fmt;

@@ -3,7 +3,7 @@
 //!
 //! By concern:
 //!
-//! * [`transport`]: one framed link ([`transport::Link`], crate-private)
+//! * [`transport`]: one framed link (`transport::Link`, crate-private)
 //!   carrying [`proto`] messages over TCP, mutual TLS ([`Tls`]) or, in
 //!   tests, an in-process pipe; both sides use it the same way.
 //! * [`proto`]: the wire protocol (framed postcard messages).

@@ -1,9 +1,9 @@
 //! The sending side of a migration: [`migrate`].
 //!
 //! One migration is, in order: the session handshake
-//! ([`crate::session`]); `Begin` and the module (unless the destination
+//! (`crate::session`); `Begin` and the module (unless the destination
 //! holds it); the destination's base ([`crate::base`]); the strategy's
-//! copying while the guest runs ([`crate::strategy`]); then the handoff
+//! copying while the guest runs (`crate::strategy`); then the handoff
 //! ([`crate::handoff`]): pause, last pages, log and `Final`, `Restored`,
 //! the handoff recorded, `Commit`. Every failure goes through the handoff's
 //! state machine, which decides whether the guest must be resumed here.

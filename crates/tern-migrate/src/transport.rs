@@ -1,21 +1,21 @@
-//! One framed link to a peer: [`Link`], the only way either side of a
+//! One framed link to a peer: `Link`, the only way either side of a
 //! migration talks to the other.
 //!
 //! A link carries [`Message`]s in the frames of [`crate::proto`] over one of
 //! three byte streams:
 //!
-//! * plain TCP ([`Link::connect`] / [`Link::accept`] without TLS);
+//! * plain TCP (`Link::connect` / `Link::accept` without TLS);
 //! * mutual TLS over TCP (the same with a [`Tls`]): both ends present a
 //!   node certificate signed by the cluster CA, and the handshake in
-//!   [`crate::session`] then checks that the name each side claims in
+//!   `crate::session` then checks that the name each side claims in
 //!   `Hello`/`Welcome` is the name its certificate carries;
 //! * an in-process pipe (`Link::pipe`, a connected pair of Unix stream
 //!   sockets; test builds only), so the source and the destination can be
 //!   tested against each other without a network.
 //!
-//! Whatever the stream, a link buffers what it sends until [`Link::flush`]
-//! (or [`Link::send_now`]), counts the bytes it moved both ways
-//! ([`Link::bytes`]) and turns every failure into a [`MigrateError`].
+//! Whatever the stream, a link buffers what it sends until `Link::flush`
+//! (or `Link::send_now`), counts the bytes it moved both ways
+//! (`Link::bytes`) and turns every failure into a [`MigrateError`].
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
