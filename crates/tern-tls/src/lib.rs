@@ -230,27 +230,24 @@ impl std::fmt::Debug for Material {
 impl Material {
     /// Node `name`'s material in cluster directory `dir`.
     pub fn load_node(dir: &Path, name: &str) -> Result<Material, TlsError> {
-        check_name(name)?;
-        let m = Material::load(dir, &format!("node-{name}"))?;
-        if m.identity.role != Role::Node || m.identity.name != name {
-            return Err(bad(format!(
-                "{}: is {}'s {} certificate, not node {name}'s",
-                dir.join(format!("node-{name}.crt")).display(),
-                m.identity.name,
-                m.identity.role
-            )));
-        }
-        Ok(m)
+        Material::load_server(dir, Role::Node, name)
     }
 
     /// Controller `name`'s material in cluster directory `dir`.
     pub fn load_controller(dir: &Path, name: &str) -> Result<Material, TlsError> {
+        Material::load_server(dir, Role::Controller, name)
+    }
+
+    /// The material of server `name` in `role` (`ROLE-NAME.crt`), refused
+    /// unless its certificate says that role and name.
+    fn load_server(dir: &Path, role: Role, name: &str) -> Result<Material, TlsError> {
         check_name(name)?;
-        let m = Material::load(dir, &format!("controller-{name}"))?;
-        if m.identity.role != Role::Controller || m.identity.name != name {
+        let stem = format!("{role}-{name}");
+        let m = Material::load(dir, &stem)?;
+        if m.identity.role != role || m.identity.name != name {
             return Err(bad(format!(
-                "{}: is {}'s {} certificate, not controller {name}'s",
-                dir.join(format!("controller-{name}.crt")).display(),
+                "{}: is {}'s {} certificate, not {role} {name}'s",
+                dir.join(format!("{stem}.crt")).display(),
                 m.identity.name,
                 m.identity.role
             )));
