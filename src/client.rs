@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tern_api::GuestState;
 pub use tern_api::{ControllerClient, NodeClient};
 
 /// How the CLI proves who it is to nodes.
@@ -92,6 +93,14 @@ impl NodeArg {
         match self.controller()? {
             Some(c) => {
                 let at = c.locate(id)?;
+                // A guest whose node died is gone with it: say so, rather
+                // than that its node cannot be reached.
+                if let Some(r) = at.record.as_ref().filter(|r| r.state == GuestState::Lost) {
+                    anyhow::bail!(
+                        "guest {id} is lost: {}",
+                        r.error.as_deref().unwrap_or("its node is gone")
+                    );
+                }
                 connect(&at.api, &self.access)
             }
             None => self.node(),

@@ -10,7 +10,7 @@
 //! the same move twice.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use tern_api::{
     MoveState, NodeClient, NodeHealth, NodeInfo, NodeView,
 };
 
+use crate::metrics::Metrics;
 use crate::policy::{self, GuestSnap, NodeSnap, Tuning};
 use crate::state::{Placed, State, Store};
 use crate::Error;
@@ -89,28 +90,6 @@ pub struct Controller {
     settled_after: Mutex<Option<Instant>>,
     /// Nodes registered in etcd (etcd mode): name -> API address.
     etcd_nodes: Option<Membership>,
-}
-
-/// Counters.
-#[derive(Default)]
-pub struct Metrics {
-    /// Moves started, by reason index (overload, return, energy, requested).
-    pub moves_started: [AtomicU64; 4],
-    /// Moves that failed.
-    pub moves_failed: AtomicU64,
-    /// Guests placed.
-    pub guests_placed: AtomicU64,
-    /// Milliseconds from the last decision to its move starting.
-    pub last_decision_to_start_ms: AtomicU64,
-}
-
-fn reason_index(r: &str) -> usize {
-    match r {
-        "overload" => 0,
-        "return" => 1,
-        "energy" => 2,
-        _ => 3,
-    }
 }
 
 impl Controller {
@@ -473,7 +452,16 @@ impl Controller {
                         )),
                     }
                 }
-                Err(_) => None,
+                Err(e) => {
+                    tracing::warn!(
+                        event = "move_unfollowed",
+                        seq = m.seq,
+                        migration = %m.migration,
+                        node = %m.from,
+                        error = %e
+                    );
+                    None
+                }
             };
             if let Some((state, downtime, error)) = outcome {
                 if let Some(r) = s.move_mut(m.seq) {
@@ -487,7 +475,7 @@ impl Controller {
                         p.node = m.to.clone();
                     }
                 } else {
-                    self.metrics.moves_failed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.move_failed();
                 }
                 tracing::info!(
                     event = "move_ended",
@@ -623,16 +611,14 @@ impl Controller {
             Ok(_) => {
                 r.state = MoveState::Running;
                 r.started_ms = Some(now_ms());
-                self.metrics.moves_started[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
                 self.metrics
-                    .last_decision_to_start_ms
-                    .store(now_ms().saturating_sub(decided_ms), Ordering::Relaxed);
+                    .move_started(reason, now_ms().saturating_sub(decided_ms));
             }
             Err(e) => {
                 r.state = MoveState::Failed;
                 r.ended_ms = Some(now_ms());
                 r.error = Some(e.to_string());
-                self.metrics.moves_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.move_failed();
             }
         }
         m = r.clone();
@@ -787,7 +773,7 @@ impl Controller {
         );
         self.save(&s)?;
         *self.state() = s;
-        self.metrics.guests_placed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.guest_placed();
         // The next placement must see this guest there, not wait a tick.
         self.poll(&BTreeMap::from([(node.clone(), api.clone())]));
         tracing::info!(event = "guest_placed", guest = %id, node = %node);
@@ -876,7 +862,10 @@ impl Controller {
             .api_of(&node)
             .or_else(|| self.state().nodes.get(&node).cloned())
             .ok_or_else(|| Error::NotFound(format!("node {node} of guest {id} is unknown")))?;
-        let record = self.client(&api).guest(id).ok();
+        let mut record = self.client(&api).guest(id).ok();
+        if let Some(p) = self.state().guests.get(id).filter(|p| p.node == node) {
+            mark_lost(id, p, &mut record);
+        }
         Ok(Located {
             id: id.to_string(),
             node,
@@ -902,27 +891,7 @@ impl Controller {
                 .or_else(|| s.nodes.get(&p.node).cloned())
                 .unwrap_or_default();
             let mut record = record;
-            if let Some(ended) = p.ended.as_ref().filter(|e| e.starts_with("lost")) {
-                // Its node is gone: what the controller knows is all there is.
-                let r = record.get_or_insert_with(|| GuestRecord {
-                    id: id.clone(),
-                    name: String::new(),
-                    state: GuestState::Lost,
-                    exit_code: None,
-                    error: None,
-                    limit: None,
-                    limits: None,
-                    cpu_control: None,
-                    moved_to: None,
-                    moved_by: None,
-                    came_from: None,
-                    since_unix_ms: p.first_seen_ms,
-                    memory_bytes: None,
-                    cpu_ms: None,
-                });
-                r.state = GuestState::Lost;
-                r.error = Some(ended.clone());
-            }
+            mark_lost(id, p, &mut record);
             out.push(Located {
                 id: id.clone(),
                 node: p.node.clone(),
@@ -974,108 +943,35 @@ impl Controller {
 
     /// Prometheus text for `/metrics` (the OpenMetrics text format).
     pub fn render_metrics(&self, policy: &str) -> String {
-        use prometheus_client::encoding::text::encode;
-        use prometheus_client::metrics::family::Family;
-        use prometheus_client::metrics::gauge::Gauge;
-        use prometheus_client::registry::Registry;
-        type G = Gauge<f64, std::sync::atomic::AtomicU64>;
-        type Labels = Vec<(String, String)>;
-        let view = self.cluster(policy);
-        let mut reg = Registry::default();
-        let one = |reg: &mut Registry, name: &str, help: &str, v: f64| {
-            let g = G::default();
-            g.set(v);
-            reg.register(name, help, g);
-        };
-        let moves = Family::<Labels, G>::default();
-        for (i, r) in ["overload", "return", "energy", "requested"]
-            .iter()
-            .enumerate()
-        {
-            moves
-                .get_or_create(&vec![("reason".into(), r.to_string())])
-                .set(self.metrics.moves_started[i].load(Ordering::Relaxed) as f64);
-        }
-        reg.register(
-            "tern_controller_moves_started",
-            "Moves started, by reason",
-            moves,
-        );
-        one(
-            &mut reg,
-            "tern_controller_moves_failed",
-            "Moves that failed",
-            self.metrics.moves_failed.load(Ordering::Relaxed) as f64,
-        );
-        one(
-            &mut reg,
-            "tern_controller_guests_placed",
-            "Guests placed",
-            self.metrics.guests_placed.load(Ordering::Relaxed) as f64,
-        );
-        one(
-            &mut reg,
-            "tern_controller_decision_to_start_ms",
-            "Milliseconds from the last decision to its move starting",
-            self.metrics
-                .last_decision_to_start_ms
-                .load(Ordering::Relaxed) as f64,
-        );
-        one(
-            &mut reg,
-            "tern_controller_leader",
-            "1 when this controller leads",
-            if self.is_leader() { 1.0 } else { 0.0 },
-        );
-        let per_node = [
-            (
-                "tern_node_power_watts",
-                "Power a node draws now, by its power model",
-            ),
-            (
-                "tern_node_energy_joules",
-                "Energy a node drew since the controller first saw it",
-            ),
-            ("tern_node_runnable_guests", "Guests running on a node"),
-            (
-                "tern_node_cpu_used_cores",
-                "Cores a node's guests used over the last poll",
-            ),
-            ("tern_node_up", "1 when a node answers"),
-        ];
-        let families: Vec<Family<Labels, G>> = per_node.iter().map(|_| Family::default()).collect();
-        for n in &view.nodes {
-            let l = vec![
-                ("node".to_string(), n.info.name.clone()),
-                ("class".to_string(), n.info.class.to_string()),
-            ];
-            let up = if n.health == NodeHealth::Up { 1.0 } else { 0.0 };
-            for (f, v) in
-                families
-                    .iter()
-                    .zip([n.power_w, n.energy_j, n.runnable as f64, n.cpu_used, up])
-            {
-                f.get_or_create(&l).set(v);
-            }
-        }
-        for ((name, help), f) in per_node.iter().zip(families) {
-            reg.register(*name, *help, f);
-        }
-        let energy = Family::<Labels, G>::default();
-        for (id, j) in &view.energy_per_guest_j {
-            energy
-                .get_or_create(&vec![("guest".into(), id.clone())])
-                .set(*j);
-        }
-        reg.register(
-            "tern_guest_energy_joules",
-            "Energy drawn for a guest so far, by the power model",
-            energy,
-        );
-        let mut out = String::new();
-        let _ = encode(&mut out, &reg);
-        out
+        self.metrics.render(&self.cluster(policy), self.is_leader())
     }
+}
+
+/// A guest whose node died is lost: what the controller knows of it is
+/// all there is, so its record (or one made up from the placement) says
+/// so, with the reason.
+fn mark_lost(id: &str, p: &Placed, record: &mut Option<GuestRecord>) {
+    let Some(ended) = p.ended.as_ref().filter(|e| e.starts_with("lost")) else {
+        return;
+    };
+    let r = record.get_or_insert_with(|| GuestRecord {
+        id: id.to_string(),
+        name: String::new(),
+        state: GuestState::Lost,
+        exit_code: None,
+        error: None,
+        limit: None,
+        limits: None,
+        cpu_control: None,
+        moved_to: None,
+        moved_by: None,
+        came_from: None,
+        since_unix_ms: p.first_seen_ms,
+        memory_bytes: None,
+        cpu_ms: None,
+    });
+    r.state = GuestState::Lost;
+    r.error = Some(ended.clone());
 }
 
 /// Moves under way.

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod controller;
+pub mod metrics;
 pub mod policy;
 pub mod state;
 
