@@ -110,6 +110,9 @@ const JOB: &[&str] = &["--mem", "8", "--iterations", "1500000"];
 /// only roughly those of their declared capacities).
 const SHORT: &[&str] = &["--mem", "8", "--iterations", "750000"];
 
+/// Twice `JOB`, for a test whose return move must outlast a failover.
+const LONGER: &[&str] = &["--mem", "8", "--iterations", "3000000"];
+
 fn reference_of(job: &[&str]) -> Vec<u8> {
     let mut c = tern();
     c.arg("run").arg(guest("dirtier")).arg("--").args(job);
@@ -274,15 +277,18 @@ fn a_node_killed_has_its_guests_reported_lost_not_rescheduled() {
     node_killed(&ctl, testbed(&["--join", &join]));
 }
 
+/// An etcd server of its own for one test, in `dir`.
+fn local_etcd(dir: &std::path::Path) -> tern_etcd::LocalEtcd {
+    tern_etcd::LocalEtcd::start(dir)
+        .unwrap_or_else(|e| panic!("etcd is needed (scripts/setup.sh installs it): {e}"))
+}
+
 /// The same with membership in etcd: the killed node's lease lapses and
 /// its registration goes; its guest is lost, not started elsewhere.
 #[test]
 fn with_etcd_a_node_killed_has_its_guests_reported_lost_not_rescheduled() {
     let edir = tempfile::tempdir().unwrap();
-    let etcd = match tern_etcd::LocalEtcd::start(edir.path()) {
-        Ok(e) => e,
-        Err(e) => panic!("etcd is needed (scripts/setup.sh installs it): {e}"),
-    };
+    let etcd = local_etcd(edir.path());
     let ep = etcd.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let ctl = Ctl::start(
@@ -422,10 +428,7 @@ fn bad_input_to_the_controller_gets_one_line_and_exit_2() {
 #[test]
 fn with_etcd_a_second_controller_takes_over_from_a_leader_killed() {
     let edir = tempfile::tempdir().unwrap();
-    let etcd = match tern_etcd::LocalEtcd::start(edir.path()) {
-        Ok(e) => e,
-        Err(e) => panic!("etcd is needed (scripts/setup.sh installs it): {e}"),
-    };
+    let etcd = local_etcd(edir.path());
     let ep = etcd.endpoint();
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut first = Ctl::start(d1.path(), "127.0.0.1:0", &["--etcd", &ep, "--name", "c1"]);
@@ -435,7 +438,11 @@ fn with_etcd_a_second_controller_takes_over_from_a_leader_killed() {
     let second = Ctl::start(d2.path(), "127.0.0.1:0", &["--etcd", &ep, "--name", "c2"]);
     let _nodes = testbed(&["--etcd", &ep]);
     joined(&first, 3);
-    let jobs = burst(&first);
+    // The long job runs twice as long as elsewhere: the takeover itself
+    // (c1's lease lapsing) takes about 3 s, and the return must still be
+    // due after it, however fast the board runs on this machine's cores.
+    let (long, short) = (reference_of(LONGER), reference_of(SHORT));
+    let jobs = vec![(start(&first, LONGER), long), (start(&first, SHORT), short)];
     // A follower refuses to act, naming the leader.
     let mut c = second.cli();
     c.args(["run", "--detach"])
