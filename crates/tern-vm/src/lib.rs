@@ -22,11 +22,13 @@ pub mod dirty;
 mod engine;
 mod guest;
 pub mod host;
+pub mod lazy;
 pub mod limits;
 pub mod memory;
 mod precompiled;
 pub mod store;
 pub mod suspend;
+mod uffd;
 pub mod wasi;
 
 pub use engine::{Runtime, GUEST_THREAD_STACK, MAX_WASM_STACK};

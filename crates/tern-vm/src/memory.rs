@@ -402,6 +402,56 @@ impl MemoryHandle {
     }
 }
 
+impl MemoryHandle {
+    /// A memory of `len` bytes (a multiple of 64 KiB) that no guest owns,
+    /// readable and writable: for probes and tests.
+    pub(crate) fn anonymous(len: usize) -> Result<MemoryHandle, std::io::Error> {
+        let m = GuestMapping::new(len, len, 0).map_err(std::io::Error::other)?;
+        Ok(MemoryHandle {
+            region: m.region.clone(),
+        })
+    }
+
+    /// Gives `[offset, offset + len)` (page aligned) back to the kernel: it
+    /// reads as zero, and is populated again on its next touch. For memory
+    /// whose guest does not run (post-copy arms it before resuming).
+    pub(crate) fn discard(&self, offset: usize, len: usize) -> Result<(), std::io::Error> {
+        let page = rustix::param::page_size();
+        if !offset.is_multiple_of(page)
+            || !len.is_multiple_of(page)
+            || offset.checked_add(len).is_none_or(|end| end > self.len())
+        {
+            return Err(std::io::Error::other(
+                "discarded range is not whole pages of guest memory",
+            ));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: a page-aligned range inside the guest-visible part of a
+        // private anonymous mapping this handle keeps alive. Rust code never
+        // holds references into guest memory across this call (it reads
+        // through raw copies), and MADV_DONTNEED only makes the pages read
+        // as zero, a valid value for bytes.
+        unsafe {
+            mm::madvise(
+                self.region.base.add(offset).cast(),
+                len,
+                mm::Advice::LinuxDontNeed,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Fills the whole memory with `byte` (tests).
+    #[cfg(test)]
+    pub(crate) fn fill_for_test(&self, byte: u8) {
+        // SAFETY: the guest-visible part of a mapping this handle keeps
+        // alive, readable and writable; tests own the memory exclusively.
+        unsafe { ptr::write_bytes(self.region.base, byte, self.len()) };
+    }
+}
+
 /// The handle of the Tern mapping whose base is `base`, if it is one.
 pub(crate) fn handle_for(base: *const u8) -> Option<MemoryHandle> {
     region_at(base as usize).map(|region| MemoryHandle { region })
