@@ -22,8 +22,12 @@ pub struct MigrateArgs {
     #[arg(long, value_name = "ADDR")]
     to: String,
     /// `precopy`: copy memory while the guest runs, then stop it briefly;
-    /// `cold`: stop it, copy everything, resume it there.
-    #[arg(long, default_value = "precopy", value_parser = ["cold", "precopy"])]
+    /// `cold`: stop it, copy everything, resume it there; `postcopy`: stop
+    /// it, move only its execution state, resume it there at once and
+    /// fetch each page as it is first touched (the rest follows in the
+    /// background; needs userfaultfd at the destination, so not on boards
+    /// under qemu-user).
+    #[arg(long, default_value = "precopy", value_parser = ["cold", "precopy", "postcopy"])]
     strategy: String,
     /// Pre-copy downtime budget in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 50)]
@@ -101,6 +105,12 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
     }
     let r = match (status.state, status.report) {
         (MigrationState::Done, Some(r)) => r,
+        // Post-copy failed after the switch: the guest is no longer here.
+        _ if status.progress.phase == "post-copy" => bail!(
+            "post-copy of {} failed after the switch (the destination reports the guest lost): {}",
+            a.id,
+            status.error.as_deref().unwrap_or("unknown error")
+        ),
         _ => bail!(
             "migration of {} failed (the guest runs on at the source): {}",
             a.id,
@@ -122,6 +132,18 @@ pub fn main(a: MigrateArgs) -> anyhow::Result<ExitCode> {
             r.pages_sent,
             r.dirty_tracking,
         ));
+        if let Some(pc) = &r.postcopy {
+            crate::common::say(format_args!(
+                "post-copy: {} pages fetched on demand ({} faults, service p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms), {} pushed; all memory local {:.1} ms after the switch",
+                pc.pages_requested,
+                pc.faults,
+                pc.fault_p50_ms,
+                pc.fault_p99_ms,
+                pc.fault_max_ms,
+                pc.pages_pushed,
+                pc.all_local_ms,
+            ));
+        }
         if r.base_pages > 0 {
             crate::common::say(format_args!(
                 "the destination still held the guest from when it left: {:.1} MiB not sent ({} pages unchanged)",

@@ -619,6 +619,35 @@ mod netns {
         assert_eq!(code, "0");
         assert_same_output("dirtier A->B->A over 100 Mbit/s", &log, &want);
     }
+
+    /// Post-copy over 100 Mbit/s and mutual TLS: the guest resumes at once
+    /// and outruns the 2.7 s its 32 MiB take to follow, so it must fetch
+    /// pages on demand while the rest is pushed.
+    #[test]
+    fn postcopy_over_a_hundred_mbit_link_fetches_on_demand() {
+        let Some((_net, ns)) = network(3, 2, "100mbit") else {
+            return;
+        };
+        let want = reference(SLOW_DIRTIER);
+        let (_certs, n) = nodes(3, &ns);
+        let id = detach(&n[0], SLOW_DIRTIER);
+        std::thread::sleep(Duration::from_millis(800));
+        let r = migrate(&n[0], &id, &n[1], "postcopy");
+        eprintln!("post-copy over 100 Mbit/s: {r}");
+        let pc = &r["postcopy"];
+        assert!(pc["faults"].as_u64().unwrap() >= 1, "{r}");
+        assert!(pc["pages_requested"].as_u64().unwrap() >= 1, "{r}");
+        assert!(pc["all_local_ms"].as_f64().unwrap() > 1000.0, "{r}");
+        // The switch came before the memory: downtime is a small part of
+        // the whole.
+        assert!(
+            r["downtime_ms"].as_f64().unwrap() * 4.0 < r["total_ms"].as_f64().unwrap(),
+            "{r}"
+        );
+        let (code, log) = wait_and_log(&n[1], &id);
+        assert_eq!(code, "0");
+        assert_same_output("dirtier A->B post-copy over 100 Mbit/s", &log, &want);
+    }
 }
 
 /// A fake destination: its API answers `/v1/node` with a migration port
@@ -828,4 +857,36 @@ fn node_checkpoint_restore_and_restart_reports_lost_guests() {
     assert!(stderr(&out).contains("lost"), "{}", stderr(&out));
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Post-copy: the guest resumes at the destination before its memory does;
+/// pages it touches first are fetched on demand, the rest pushed after. The
+/// source keeps nothing running, and the output equals an uninterrupted run.
+#[test]
+fn postcopy_resumes_first_and_the_output_is_whole() {
+    let want = reference(DIRTIER);
+    let a = NodeProc::start("a", &[]);
+    let b = NodeProc::start("b", &[]);
+    let id = detach(&a, DIRTIER);
+    std::thread::sleep(Duration::from_millis(600));
+    let r = migrate(&a, &id, &b, "postcopy");
+    assert_eq!(r["strategy"], "postcopy", "{r}");
+    assert_eq!(r["rounds"], 1, "nothing is copied before the switch: {r}");
+    let pc = &r["postcopy"];
+    let requested = pc["pages_requested"].as_u64().unwrap();
+    let pushed = pc["pages_pushed"].as_u64().unwrap();
+    // Every page came over exactly once, asked for or pushed (on loopback
+    // the push may outrun the guest: a guest that touched a page first
+    // asked for it; over a slow link below it always does).
+    let pages = r["memory_bytes"].as_u64().unwrap() / 4096;
+    assert_eq!(requested + pushed, pages, "{r}");
+    assert_eq!(pc["faults"].as_u64().unwrap() > 0, requested > 0, "{r}");
+    assert!(pc["all_local_ms"].as_f64().unwrap() > 0.0, "{r}");
+    let (code, log) = wait_and_log(&b, &id);
+    assert_eq!(code, "0");
+    assert_same_output("dirtier A->B post-copy", &log, &want);
+    let mut c = a.cli();
+    c.args(["ps", "--json"]);
+    let ps: serde_json::Value = serde_json::from_str(&ok(c)).unwrap();
+    assert_eq!(ps[0]["state"], "moved", "{ps}");
 }

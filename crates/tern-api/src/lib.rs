@@ -16,7 +16,9 @@ pub use cluster::{
     ClusterView, JoinRequest, Joined, Located, MoveRecord, MoveRequest, MoveState, NodeHealth,
     NodeView,
 };
-pub use migration::{MigrateRequest, MigrationState, MigrationStatus, Progress, Report, RoundStat};
+pub use migration::{
+    MigrateRequest, MigrationState, MigrationStatus, PostcopyReport, Progress, Report, RoundStat,
+};
 pub use types::{
     check_module_hash, module_hash, BootSpec, CheckpointReply, CheckpointRequest, Created,
     ErrorBody, GuestLimits, GuestRecord, GuestState, ModuleState, ModuleStatus, NodeClass,

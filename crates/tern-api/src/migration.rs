@@ -82,6 +82,30 @@ pub struct Report {
     /// Bytes of module sent (0: the destination held it already).
     #[serde(default)]
     pub module_bytes: u64,
+    /// Post-copy only: how the memory followed the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<PostcopyReport>,
+}
+
+/// How a post-copy migration's memory followed the guest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PostcopyReport {
+    /// Pages the guest touched before they arrived (fetched on demand).
+    pub faults: u64,
+    /// Fault service time at the destination (fault to page in place),
+    /// milliseconds: median.
+    pub fault_p50_ms: f64,
+    /// 99th percentile.
+    pub fault_p99_ms: f64,
+    /// Largest.
+    pub fault_max_ms: f64,
+    /// From the guest's resumption at the destination until every page was
+    /// there, milliseconds.
+    pub all_local_ms: f64,
+    /// Pages sent because the destination asked for them.
+    pub pages_requested: u64,
+    /// Pages pushed in the background.
+    pub pages_pushed: u64,
 }
 
 /// `POST /v1/guests/ID/migrate`: move a guest to another node.

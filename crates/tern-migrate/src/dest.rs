@@ -7,9 +7,15 @@ use std::time::{Duration, Instant};
 use tern_vm::wasi::OutputSink;
 use tern_vm::{Guest, Incoming, Runtime};
 
+use std::collections::HashMap;
+
+use tern_vm::lazy::LazyMemory;
+
 use crate::base::hash_messages;
-use crate::pages::apply_run;
-use crate::proto::{self, GuestInfo, Message, MAX_MODULE};
+use crate::pages::{apply_run, decode_into, PAGE};
+use crate::proto::{
+    self, GuestInfo, Message, PageRun, PostcopyStats, RunData, Strategy, MAX_FRAME, MAX_MODULE,
+};
 use crate::session::{self, Begin, Greeted, Opening};
 use crate::transport::{Link, Tls};
 use crate::MigrateError;
@@ -54,6 +60,10 @@ pub trait DestHost {
     /// A module arrived and compiled: keep it for the next guest that
     /// brings the same one.
     fn keep_module(&self, _digest: &[u8; 32], _module: &[u8]) {}
+    /// Post-copy: the adopted guest's memory can no longer arrive (`why`).
+    /// The guest stays blocked on the pages it lacks, never reading them as
+    /// zero; the host reports it lost.
+    fn lost(&self, _guest: &GuestInfo, _why: &str) {}
 }
 
 /// Most log bytes accepted from a peer when the host sets no limit.
@@ -129,7 +139,13 @@ fn receive(
     // Everything up to `Restored`: any failure aborts, and the source keeps
     // (and resumes) the guest.
     let mut log_opened = false;
-    let built = (|| -> Result<Guest, MigrateError> {
+    let postcopy = b.strategy == Strategy::Postcopy;
+    let built = (|| -> Result<(Guest, Option<LazyMemory>), MigrateError> {
+        // Refused before anything moves where pages cannot be fetched on
+        // demand (no userfaultfd, as under qemu-user).
+        if postcopy {
+            tern_vm::lazy::available().map_err(|e| MigrateError::Local(e.to_string()))?;
+        }
         let meta: tern_image::Meta = postcard::from_bytes(&b.meta)
             .map_err(|e| MigrateError::Protocol(format!("malformed metadata: {e}")))?;
         if b.module_len > MAX_MODULE {
@@ -179,7 +195,8 @@ fn receive(
         // Start from the guest as it left this node, if it did, and tell
         // the source what that holds. A base that cannot be used is no
         // base: the source then sends everything.
-        let base = match host.base_image(&b.guest) {
+        // (Post-copy places every page itself: no base.)
+        let base = match host.base_image(&b.guest).filter(|_| !postcopy) {
             Some(path) => {
                 let loaded = working(c, from.version, "loading the guest's last image", || {
                     load_base(&mut incoming, &path, &meta, b.memory_size)
@@ -199,6 +216,11 @@ fn receive(
         let mut log = Vec::new();
         loop {
             match c.recv()? {
+                Message::Pages { .. } if postcopy => {
+                    return Err(MigrateError::Protocol(
+                        "pages before Final in a post-copy migration".into(),
+                    ))
+                }
                 Message::Pages { memory_size, runs } => {
                     grow(&mut incoming, memory_size)?;
                     let mem = incoming.memory_mut();
@@ -233,16 +255,27 @@ fn receive(
                     grow(&mut incoming, memory_size)?;
                     let (out, err) = host.open_log(&b.guest, &log).map_err(MigrateError::Local)?;
                     log_opened = true;
-                    return incoming
+                    let g = incoming
                         .finish(&globals, stack, &host_state, out, err)
-                        .map_err(|e| MigrateError::Guest(e.to_string()));
+                        .map_err(|e| MigrateError::Guest(e.to_string()))?;
+                    if !postcopy {
+                        return Ok((g, None));
+                    }
+                    // Its memory arrives as it runs: every page faults
+                    // until placed.
+                    let handle = g
+                        .memory_handle()
+                        .map_err(|e| MigrateError::Guest(e.to_string()))?;
+                    let lazy = LazyMemory::arm(handle, memory_size as usize)
+                        .map_err(|e| MigrateError::Local(e.to_string()))?;
+                    return Ok((g, Some(lazy)));
                 }
                 other => return Err(proto::unexpected(&other, "Pages, LogChunk or Final")),
             }
         }
     })();
-    let guest = match built {
-        Ok(g) => g,
+    let (guest, lazy) = match built {
+        Ok(built) => built,
         Err(e) => {
             c.abort(&e);
             if log_opened {
@@ -265,6 +298,17 @@ fn receive(
     };
     if ours {
         host.adopt(b.guest.clone(), guest, &b.migration_id, &from.node);
+        if let Some(mut lazy) = lazy {
+            let resumed = Instant::now();
+            if let Err(e) = postcopy_receive(c, &mut lazy, resumed) {
+                // The pages it lacks cannot come: unregistering would let
+                // them read as zero, so the memory stays registered (and the
+                // guest waits on them) for as long as this process lives.
+                std::mem::forget(lazy);
+                host.lost(&b.guest, &e.to_string());
+                return Err(e);
+            }
+        }
         Ok(Served::Adopted { guest: b.guest.id })
     } else {
         host.discard(&b.guest);
@@ -272,6 +316,110 @@ fn receive(
             "the source kept the guest after the connection broke".into(),
         ))
     }
+}
+
+/// Post-copy, once the guest runs: asks for each page it waits on, places
+/// every page that arrives (asked for or pushed), and answers `AllSent`
+/// with `AllLocal` once every page is in place.
+fn postcopy_receive(
+    c: &mut Link,
+    lazy: &mut LazyMemory,
+    resumed: Instant,
+) -> Result<PostcopyStats, MigrateError> {
+    let local = |e: std::io::Error| MigrateError::Memory(e.to_string());
+    let mut waiting: HashMap<u32, Instant> = HashMap::new();
+    let mut service_us: Vec<u64> = Vec::new();
+    let mut faults = Vec::new();
+    let mut buf = Vec::new();
+    let mut heard = Instant::now();
+    loop {
+        let (message, fault) = c.ready(Some(lazy.fault_fd()), Duration::from_millis(500))?;
+        if fault {
+            faults.clear();
+            lazy.faults(&mut faults).map_err(local)?;
+            let before = waiting.len();
+            for &p in &faults {
+                if !lazy.is_placed(p) && !waiting.contains_key(&p) {
+                    waiting.insert(p, Instant::now());
+                    c.send(&Message::PageRequest { first: p, count: 1 })?;
+                }
+            }
+            if waiting.len() > before {
+                c.flush()?;
+            }
+        }
+        if !message {
+            if heard.elapsed() > POSTCOPY_SILENCE {
+                return Err(MigrateError::Receive(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the source sent nothing for {} s with {} pages still missing",
+                        POSTCOPY_SILENCE.as_secs(),
+                        lazy.missing()
+                    ),
+                )));
+            }
+            continue;
+        }
+        heard = Instant::now();
+        match c.recv()? {
+            Message::Pages { runs, .. } => {
+                for run in &runs {
+                    place_run(lazy, run, &mut buf)?;
+                    for i in run.first..run.first.saturating_add(run.count) {
+                        if let Some(t) = waiting.remove(&i) {
+                            service_us.push(t.elapsed().as_micros() as u64);
+                        }
+                    }
+                }
+            }
+            Message::AllSent => {
+                if !lazy.is_complete() {
+                    return Err(MigrateError::Protocol(format!(
+                        "the source sent everything but {} pages are missing",
+                        lazy.missing()
+                    )));
+                }
+                service_us.sort_unstable();
+                let at = |q: usize| {
+                    service_us
+                        .get((service_us.len() * q / 100).min(service_us.len().saturating_sub(1)))
+                        .copied()
+                        .unwrap_or(0)
+                };
+                let stats = PostcopyStats {
+                    faults: service_us.len() as u64,
+                    p50_us: at(50),
+                    p99_us: at(99),
+                    max_us: service_us.last().copied().unwrap_or(0),
+                    all_local_us: resumed.elapsed().as_micros() as u64,
+                };
+                c.send_now(&Message::AllLocal(stats.clone()))?;
+                return Ok(stats);
+            }
+            other => return Err(proto::unexpected(&other, "Pages or AllSent")),
+        }
+    }
+}
+
+/// How long post-copy waits for the source before the guest is given up.
+const POSTCOPY_SILENCE: Duration = Duration::from_secs(30);
+
+/// Places one run of pages that arrived in post-copy.
+fn place_run(lazy: &mut LazyMemory, run: &PageRun, buf: &mut Vec<u8>) -> Result<(), MigrateError> {
+    let bad = |e: std::io::Error| MigrateError::Protocol(e.to_string());
+    if run.encoding == RunData::Zero {
+        lazy.place_zero(run.first, run.count).map_err(bad)?;
+        return Ok(());
+    }
+    let len = (run.count as usize)
+        .checked_mul(PAGE)
+        .filter(|&l| l <= MAX_FRAME)
+        .ok_or_else(|| MigrateError::Protocol(format!("run of {} pages is too long", run.count)))?;
+    buf.resize(len, 0);
+    decode_into(run, buf)?;
+    lazy.place(run.first, buf).map_err(bad)?;
+    Ok(())
 }
 
 /// Runs `step` on a thread of its own and, from protocol 3 on, tells the

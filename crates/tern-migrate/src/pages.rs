@@ -139,6 +139,12 @@ pub fn apply_run(mem: &mut [u8], run: &PageRun) -> Result<(), MigrateError> {
                 run.first as u64 + run.count as u64,
             ))
         })?;
+    decode_into(run, dst)
+}
+
+/// Decodes a run's bytes into `dst`, which is exactly the run's length.
+pub fn decode_into(run: &PageRun, dst: &mut [u8]) -> Result<(), MigrateError> {
+    let len = dst.len();
     match run.encoding {
         RunData::Zero => dst.fill(0),
         RunData::Raw => {

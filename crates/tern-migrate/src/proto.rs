@@ -20,10 +20,12 @@ use crate::MigrateError;
 /// First bytes of every `Hello`: a listener that sees anything else hangs up.
 pub const MAGIC: [u8; 8] = *b"TERNMIG\0";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version this build still accepts: the previous one
 /// (`PROTOCOL_VERSION - 1`).
-pub const OLDEST_VERSION: u32 = 2;
+pub const OLDEST_VERSION: u32 = 3;
+/// The first version with post-copy ([`Strategy::Postcopy`]).
+pub const POSTCOPY_VERSION: u32 = 4;
 /// How often a side busy with a long step (compiling a module, loading a
 /// base image) says so with [`Message::Working`] (protocol 3), well inside
 /// the peer's read timeout.
@@ -45,6 +47,10 @@ pub enum Strategy {
     /// Copy while the guest runs, in rounds of what it dirtied, then stop
     /// it for the last round.
     Precopy,
+    /// Stop the guest, send only its execution and host state, resume it
+    /// at the destination at once; its memory follows, each page fetched
+    /// when first touched or pushed in the background (protocol 4).
+    Postcopy,
 }
 
 impl Strategy {
@@ -53,6 +59,7 @@ impl Strategy {
         match self {
             Strategy::Cold => "cold",
             Strategy::Precopy => "precopy",
+            Strategy::Postcopy => "postcopy",
         }
     }
 }
@@ -63,7 +70,8 @@ impl std::str::FromStr for Strategy {
         match s {
             "cold" => Ok(Strategy::Cold),
             "precopy" | "pre-copy" => Ok(Strategy::Precopy),
-            _ => Err(format!("unknown strategy `{s}` (cold, precopy)")),
+            "postcopy" | "post-copy" => Ok(Strategy::Postcopy),
+            _ => Err(format!("unknown strategy `{s}` (cold, precopy, postcopy)")),
         }
     }
 }
@@ -221,6 +229,35 @@ pub enum Message {
         /// Milliseconds since it started.
         elapsed_ms: u64,
     },
+    /// Destination -> source in post-copy (protocol 4): the guest waits for
+    /// these pages; send them before anything else.
+    PageRequest {
+        /// Index of the first page.
+        first: u32,
+        /// Number of pages.
+        count: u32,
+    },
+    /// Source -> destination in post-copy: every page has been sent.
+    AllSent,
+    /// Destination -> source in post-copy: every page is in place; what the
+    /// guest waited for on the way.
+    AllLocal(PostcopyStats),
+}
+
+/// What a guest waited for in post-copy, measured at the destination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PostcopyStats {
+    /// Pages the guest touched before they arrived (each fetched on demand).
+    pub faults: u64,
+    /// Fault service time (fault read to page in place), microseconds:
+    /// median, 99th percentile and largest.
+    pub p50_us: u64,
+    /// See `p50_us`.
+    pub p99_us: u64,
+    /// See `p50_us`.
+    pub max_us: u64,
+    /// From the guest's resumption to the last page in place, microseconds.
+    pub all_local_us: u64,
 }
 
 impl Message {
@@ -244,6 +281,9 @@ impl Message {
             Message::Owner { .. } => "Owner",
             Message::ModuleWanted(_) => "ModuleWanted",
             Message::Working { .. } => "Working",
+            Message::PageRequest { .. } => "PageRequest",
+            Message::AllSent => "AllSent",
+            Message::AllLocal(_) => "AllLocal",
         }
     }
 }

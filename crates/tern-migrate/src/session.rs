@@ -68,6 +68,15 @@ pub(crate) fn hello(
         Message::Welcome { version, node, .. } => Ok(Welcomed { version, node }),
         other => Err(other),
     })?;
+    // The listener answers with the version both speak: never newer than
+    // offered, never older than this build speaks.
+    if welcomed.version > version || welcomed.version < proto::OLDEST_VERSION {
+        return Err(MigrateError::Version {
+            theirs: welcomed.version,
+            oldest: proto::OLDEST_VERSION,
+            newest: version,
+        });
+    }
     link.check_claim(&welcomed.node)?;
     Ok(welcomed)
 }

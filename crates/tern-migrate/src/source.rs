@@ -90,7 +90,7 @@ impl Default for Options {
     }
 }
 
-pub use tern_api::migration::{Progress, Report, RoundStat};
+pub use tern_api::migration::{PostcopyReport, Progress, Report, RoundStat};
 
 /// Moves `guest` to the node listening for migrations at `to`. On success
 /// the destination runs the guest and this node has let go (after
@@ -185,6 +185,12 @@ impl Run<'_> {
             }
         }
 
+        if opts.strategy == Strategy::Postcopy && version < proto::POSTCOPY_VERSION {
+            return Err(MigrateError::Protocol(format!(
+                "node {destination_node:?} speaks migration protocol {version}; post-copy needs {}",
+                proto::POSTCOPY_VERSION
+            )));
+        }
         let info = guest.info();
         let (module, meta) = guest.module()?;
         let mem = memory(guest)?;
@@ -249,6 +255,26 @@ impl Run<'_> {
         }
         handoff.commit(c.link)?;
         let downtime = t_pause.elapsed();
+        // Post-copy: the destination runs the guest; its memory follows.
+        let postcopy = if opts.strategy == Strategy::Postcopy {
+            c.prog.phase = "post-copy".into();
+            c.show();
+            let served = strategy::postcopy::serve(&mut c)?;
+            c.pages_sent += served.requested + served.pushed;
+            let st = &served.stats;
+            let ms_of = |us: u64| us as f64 / 1000.0;
+            Some(PostcopyReport {
+                faults: st.faults,
+                fault_p50_ms: ms_of(st.p50_us),
+                fault_p99_ms: ms_of(st.p99_us),
+                fault_max_ms: ms_of(st.max_us),
+                all_local_ms: ms_of(st.all_local_us),
+                pages_requested: served.requested,
+                pages_pushed: served.pushed,
+            })
+        } else {
+            None
+        };
         c.prog.phase = "done".into();
         c.show();
         let (tracking, fallback) = mover.tracking();
@@ -273,6 +299,7 @@ impl Run<'_> {
             pages_reused: c.first.reused,
             bytes_saved: c.first.reused * PAGE as u64,
             module_bytes,
+            postcopy,
         })
     }
 

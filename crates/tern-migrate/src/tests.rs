@@ -24,7 +24,9 @@ use crate::base::hash_messages;
 use crate::dest::{serve_link, DestHost, Served};
 use crate::handoff::State;
 use crate::pages::{apply_run, PAGE};
-use crate::proto::{GuestInfo, Message, Strategy, OLDEST_VERSION, PROTOCOL_VERSION};
+use crate::proto::{
+    GuestInfo, Message, PostcopyStats, Strategy, OLDEST_VERSION, POSTCOPY_VERSION, PROTOCOL_VERSION,
+};
 use crate::session::{self, Opening};
 use crate::source::{Options, Progress, Report, Run, SourceGuest};
 use crate::strategy::Memory;
@@ -168,6 +170,9 @@ enum End {
     Abort,
     /// Hangs up instead of `Restored`.
     HangUp,
+    /// `Restored`, `Commit`, then post-copy: asks for a few pages and takes
+    /// the rest as they are pushed.
+    Postcopy,
 }
 
 /// What the scripted destination received.
@@ -178,6 +183,8 @@ struct Received {
     log: Vec<u8>,
     stack: Vec<u8>,
     last: Option<Message>,
+    /// Pages that arrived before `Final`.
+    pages_before_final: usize,
 }
 
 /// A destination speaking the protocol message by message, as
@@ -215,6 +222,7 @@ fn scripted(mut link: Link, end: End) -> thread::JoinHandle<Result<Received, Mig
                     got.memory.resize(memory_size as usize, 0);
                     for run in &runs {
                         apply_run(&mut got.memory, run)?;
+                        got.pages_before_final += run.count as usize;
                     }
                 }
                 Message::LogChunk(bytes) => got.log.extend(bytes),
@@ -237,6 +245,32 @@ fn scripted(mut link: Link, end: End) -> thread::JoinHandle<Result<Received, Mig
                 got.last = link.recv().ok();
             }
             End::HangUp => drop(link),
+            End::Postcopy => {
+                link.send_now(&Message::Restored)?;
+                got.last = Some(link.recv()?);
+                for p in [9u32, 2, 15] {
+                    link.send(&Message::PageRequest { first: p, count: 1 })?;
+                }
+                link.flush()?;
+                loop {
+                    match link.recv()? {
+                        Message::Pages { runs, .. } => {
+                            for run in &runs {
+                                apply_run(&mut got.memory, run)?;
+                            }
+                        }
+                        Message::AllSent => break,
+                        other => panic!("{}", other.kind()),
+                    }
+                }
+                link.send_now(&Message::AllLocal(PostcopyStats {
+                    faults: 3,
+                    p50_us: 250,
+                    p99_us: 900,
+                    max_us: 1000,
+                    all_local_us: 5000,
+                }))?;
+            }
         }
         Ok(got)
     })
@@ -290,6 +324,89 @@ fn a_cold_migration_runs_through_commit() {
             "done"
         ]
     );
+}
+
+#[test]
+fn a_postcopy_migration_resumes_first_and_serves_every_page_after() {
+    let (mut src, dst) = Link::pipe().unwrap();
+    let dest = scripted(dst, End::Postcopy);
+    let guest = FakeGuest::new();
+    let mut phases = Vec::new();
+    let report = source(
+        &guest,
+        &mut src,
+        &options(Strategy::Postcopy),
+        PROTOCOL_VERSION,
+        &mut phases,
+    )
+    .unwrap();
+    let got = dest.join().unwrap().unwrap();
+
+    // Nothing of memory before the switch; all of it after, each page once.
+    assert_eq!(got.pages_before_final, 0);
+    assert_eq!(got.memory, memory());
+    assert_eq!(got.last, Some(Message::Commit));
+    assert_eq!(got.begin.unwrap().strategy, Strategy::Postcopy);
+    assert_eq!(guest.calls(), ["pause", "hand_over"]);
+    assert_eq!(report.strategy, "postcopy");
+    assert_eq!(report.pages_sent, 16);
+    let pc = report.postcopy.expect("a post-copy report");
+    assert_eq!(pc.pages_requested + pc.pages_pushed, 16);
+    assert_eq!(pc.faults, 3);
+    assert_eq!(pc.fault_p50_ms, 0.25);
+    assert_eq!(pc.all_local_ms, 5.0);
+    assert_eq!(report.bytes_sent, src.bytes);
+    assert!(phases.contains(&"post-copy".to_string()), "{phases:?}");
+}
+
+#[test]
+fn postcopy_is_refused_before_anything_moves_by_an_older_destination() {
+    let (mut src, dst) = Link::pipe().unwrap();
+    let t = thread::spawn(move || {
+        let mut dst = dst;
+        // An older destination: answers with the version before post-copy.
+        let _ = dst.recv();
+        dst.send_now(&Message::Welcome {
+            version: POSTCOPY_VERSION - 1,
+            node: "dst".into(),
+            arch: "x".into(),
+        })
+        .unwrap();
+        dst.recv().ok()
+    });
+    let guest = FakeGuest::new();
+    let e = source(
+        &guest,
+        &mut src,
+        &options(Strategy::Postcopy),
+        PROTOCOL_VERSION,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("post-copy needs 4"), "{e}");
+    // Never paused; nothing followed the hello: the destination sees the
+    // connection close.
+    assert!(guest.calls().is_empty());
+    drop(src);
+    assert!(t.join().unwrap().is_none());
+}
+
+#[test]
+fn a_welcome_outside_the_offered_versions_is_refused() {
+    let (mut src, dst) = Link::pipe().unwrap();
+    let t = thread::spawn(move || {
+        let mut dst = dst;
+        let _ = dst.recv();
+        dst.send_now(&Message::Welcome {
+            version: PROTOCOL_VERSION + 1,
+            node: "dst".into(),
+            arch: "x".into(),
+        })
+        .unwrap();
+    });
+    let e = session::hello(&mut src, PROTOCOL_VERSION, "src", "").unwrap_err();
+    assert!(matches!(e, MigrateError::Version { .. }), "{e}");
+    t.join().unwrap();
 }
 
 #[test]

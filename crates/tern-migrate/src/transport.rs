@@ -19,11 +19,13 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 #[cfg(test)]
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use tern_tls::rustls::pki_types::ServerName;
 use tern_tls::rustls::{self, ClientConfig, ServerConfig};
 use tern_tls::Identity;
@@ -246,6 +248,59 @@ impl Link {
         pick: impl FnOnce(Message) -> Result<T, Message>,
     ) -> Result<T, MigrateError> {
         pick(self.recv()?).map_err(|other| proto::unexpected(&other, want))
+    }
+
+    /// True when a message (or part of one) has arrived and not been read:
+    /// in this link's buffer, decrypted by TLS, or waiting on the socket.
+    /// Post-copy uses it to interleave reading requests with sending pages.
+    pub(crate) fn readable(&mut self) -> Result<bool, MigrateError> {
+        Ok(self.ready(None, Duration::ZERO)?.0)
+    }
+
+    /// Waits at most `timeout` until a message arrives or `other` (a
+    /// descriptor of the caller's, e.g. a userfaultfd) is readable; returns
+    /// which of the two are ready.
+    pub(crate) fn ready(
+        &mut self,
+        other: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<(bool, bool), MigrateError> {
+        if !self.r.buffer().is_empty() || self.tls_pending() {
+            return Ok((true, false));
+        }
+        let sock = match &self.sock {
+            Socket::Tcp(s) => s.as_fd(),
+            #[cfg(test)]
+            Socket::Unix(s) => s.as_fd(),
+        };
+        let mut fds = vec![PollFd::new(&sock, PollFlags::IN)];
+        if let Some(fd) = &other {
+            fds.push(PollFd::new(fd, PollFlags::IN));
+        }
+        let ts = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(MigrateError::Receive(e.into())),
+        }
+        // A hang-up or error counts as readable: the read then reports it.
+        let ready = |f: &PollFd<'_>| !f.revents().is_empty();
+        Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
+    }
+
+    /// True when TLS holds decrypted bytes not read yet (records read off
+    /// the socket along with earlier ones).
+    fn tls_pending(&self) -> bool {
+        let mut stream = self.r.get_ref().0.lock().unwrap_or_else(|e| e.into_inner());
+        let state = match &mut *stream {
+            Stream::Client(s) => s.conn.process_new_packets(),
+            Stream::Server(s) => s.conn.process_new_packets(),
+            _ => return false,
+        };
+        // A TLS error is for the next read to report.
+        state.map_or(true, |st| st.plaintext_bytes_to_read() > 0)
     }
 
     /// Tells the peer the migration is off, why, and pushes it out; best

@@ -326,6 +326,13 @@ impl tern_migrate::DestHost for Dest {
     fn base_unusable(&self, guest: &GuestInfo, path: &std::path::Path, why: &str) {
         tracing::info!(event = "base_unused", guest = %guest.id, image = ?path, why = %why);
     }
+    fn lost(&self, guest: &GuestInfo, why: &str) {
+        tracing::warn!(event = "postcopy_lost", guest = %guest.id, error = %why);
+        let _ = self.0.update(&guest.id, |g| {
+            g.state = GuestState::Lost;
+            g.error = Some(format!("its memory stopped arriving (post-copy): {why}"));
+        });
+    }
     fn handed_over(&self, migration_id: &str) -> bool {
         let reg = self.0.registry.lock().unwrap_or_else(|e| e.into_inner());
         reg.guests

@@ -4,6 +4,8 @@
 //!   lacks once it is paused.
 //! * [`precopy`]: rounds of dirty pages while the guest runs (tracked by
 //!   [`tern_vm::dirty`]), then the last dirty pages once it is paused.
+//! * [`postcopy`]: nothing before the switch; after it, pages as the
+//!   destination's guest touches them, and the rest in the background.
 //!
 //! The source ([`crate::source`]) drives a [`Mover`] through the same two
 //! steps whatever the strategy: [`Mover::live`] while the guest runs, then,
@@ -13,6 +15,7 @@
 //! pages into `Pages` messages ([`Sender`]).
 
 pub(crate) mod cold;
+pub(crate) mod postcopy;
 pub(crate) mod precopy;
 
 use std::time::Duration;
@@ -120,6 +123,7 @@ pub(crate) fn start(
     Ok(match strategy {
         Strategy::Cold => Box::new(cold::Cold),
         Strategy::Precopy => Box::new(precopy::Precopy::start(mem, opts.dirty)?),
+        Strategy::Postcopy => Box::new(postcopy::Postcopy),
     })
 }
 
