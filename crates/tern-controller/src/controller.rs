@@ -863,8 +863,12 @@ impl Controller {
             .or_else(|| self.state().nodes.get(&node).cloned())
             .ok_or_else(|| Error::NotFound(format!("node {node} of guest {id} is unknown")))?;
         let mut record = self.client(&api).guest(id).ok();
-        if let Some(p) = self.state().guests.get(id).filter(|p| p.node == node) {
-            mark_lost(id, p, &mut record);
+        // A node that answers speaks for its guest, even one the record
+        // still calls lost because the node was silent for a while.
+        if record.is_none() {
+            if let Some(p) = self.state().guests.get(id).filter(|p| p.node == node) {
+                mark_lost(id, p, &mut record);
+            }
         }
         Ok(Located {
             id: id.to_string(),
