@@ -2,7 +2,7 @@
 # builds tern and the guests, and defines the timing helpers.
 #
 #   TERN  x86_64 tern            G     built guests
-#   OUT   bench/results          work  a scratch directory, removed on exit
+#   OUT   bench/results (or $OUT) work  a scratch directory, removed on exit
 #   pids  background processes killed on exit (add with pids+=($!))
 #
 # Compile and prepare caches go to target/bench-cache, so benchmark runs do
@@ -13,7 +13,7 @@ cargo build --release --bin tern >&2
 guests/build.sh target/guests >/dev/null
 TERN=$PWD/target/release/tern
 G=$PWD/target/guests
-OUT=$PWD/bench/results
+OUT=${OUT:-$PWD/bench/results}
 mkdir -p "$OUT"
 export TERN_CACHE_DIR=$PWD/target/bench-cache
 work=$(mktemp -d)

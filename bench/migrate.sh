@@ -9,7 +9,7 @@
 #                               # veth link limited to 1 Gbit/s (tc tbf); needs root
 #
 # Tern: guest memory 64, 256, 1024 MiB x dirty rate idle, 10, 100, 1000 MB/s
-# x strategy cold, precopy, between two nodes on loopback. Each row is one
+# x strategy cold, precopy, postcopy (STRATEGIES), between two nodes on loopback. Each row is one
 # migration of a running memory dirtier whose whole working set is touched
 # first. Results: bench/results/migrate_loopback.csv (+ _qemu.csv,
 # _veth.csv), with
@@ -21,6 +21,7 @@ set -euo pipefail
 what=${1:-all}
 MEMS=${MEMS:-"64 256 1024"}
 RATES=${RATES:-"0 10 100 1000"}
+STRATEGIES=${STRATEGIES:-"cold precopy postcopy"}
 
 # Where nodes run and the CLI talks from: the root namespace (loopback) or,
 # for `veth`, namespaces NS_A / NS_B (set by veth_link).
@@ -106,7 +107,9 @@ one() {
   python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
-print("%s,%.2f,%.1f,%d,%d,%d" % (r["dirty_tracking"], r["downtime_ms"], r["total_ms"], r["bytes_sent"], r["pages_sent"], r["rounds"]))
+p = r.get("postcopy")
+pc = "%d,%.3f,%.3f,%.3f,%.1f" % (p["faults"], p["fault_p50_ms"], p["fault_p99_ms"], p["fault_max_ms"], p["all_local_ms"]) if p else ",,,,"
+print("%s,%.2f,%.1f,%d,%d,%d,%s" % (r["dirty_tracking"], r["downtime_ms"], r["total_ms"], r["bytes_sent"], r["pages_sent"], r["rounds"], pc))
 ' "$json"
 }
 
@@ -114,10 +117,10 @@ tern_matrix() {
   local A B bw csv=$OUT/migrate_${1:-loopback}.csv
   start_node a; A=$api; start_node b; B=$api
   if [ "${1:-loopback}" = veth ]; then bw=$(link_bw 10.78.0.2 268435456); else bw=$(link_bw); fi
-  echo "mem_mib,dirty_mb_s,strategy,dirty_tracking,downtime_ms,total_ms,bytes_sent,pages_sent,rounds,touched_bytes,bytes_over_touched,link_bytes_s,total_over_touched_by_bw" > "$csv"
+  echo "mem_mib,dirty_mb_s,strategy,dirty_tracking,downtime_ms,total_ms,bytes_sent,pages_sent,rounds,touched_bytes,bytes_over_touched,link_bytes_s,total_over_touched_by_bw,faults,fault_p50_ms,fault_p99_ms,fault_max_ms,all_local_ms" > "$csv"
   for mem in $MEMS; do
     for rate in $RATES; do
-      for strategy in cold precopy; do
+      for strategy in $STRATEGIES; do
         local row touched
         row=$(one "$A" "$B" "$mem" "$rate" "$strategy")
         touched=$((mem * 1048576))
@@ -125,7 +128,8 @@ tern_matrix() {
 import sys
 mem, rate, strat, row, touched, bw = sys.argv[1:7]
 f = row.split(","); b = int(f[3]); total = float(f[2]) / 1000
-print("%s,%s,%s,%s,%s,%.3f,%s,%.3f" % (mem, rate, strat, row, touched, b / int(touched), bw, total / (int(touched) / int(bw))))
+base, pc = ",".join(f[:6]), ",".join(f[6:])
+print("%s,%s,%s,%s,%s,%.3f,%s,%.3f,%s" % (mem, rate, strat, base, touched, b / int(touched), bw, total / (int(touched) / int(bw)), pc))
 ' "$mem" "$rate" "$strategy" "$row" "$touched" "$bw" | tee -a "$csv"
       done
     done

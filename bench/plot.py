@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plots bench/results/migrate_*.csv into bench/results/migrate.png:
 downtime, total time and bytes/touched per memory size and dirty rate,
-cold against pre-copy, for each link measured (loopback, veth)."""
+cold, pre-copy and post-copy (those measured), for each link (loopback, veth)."""
 import csv
 import os
 import sys
@@ -24,15 +24,18 @@ for row, link in enumerate(links):
         rows = list(csv.DictReader(f))
     labels = sorted({(int(r["mem_mib"]), int(r["dirty_mb_s"])) for r in rows})
     xs = range(len(labels))
+    strategies = [s for s in ("cold", "precopy", "postcopy") if any(r["strategy"] == s for r in rows)]
+    width = 0.8 / len(strategies)
     for col, (key, title, log) in enumerate(metrics):
         ax = axes[row][col]
-        for i, strategy in enumerate(("cold", "precopy")):
+        for i, strategy in enumerate(strategies):
             vals = []
             for lab in labels:
                 v = [float(r[key]) for r in rows
                      if (int(r["mem_mib"]), int(r["dirty_mb_s"])) == lab and r["strategy"] == strategy]
                 vals.append(v[0] if v else 0)
-            ax.bar([x + (i - 0.5) * 0.4 for x in xs], vals, width=0.4, label=strategy)
+            offset = (i - (len(strategies) - 1) / 2) * width
+            ax.bar([x + offset for x in xs], vals, width=width, label=strategy)
         ax.set_xticks(list(xs))
         ax.set_xticklabels([f"{m}M\n{d}MB/s" for m, d in labels], fontsize=7)
         ax.set_title(f"{link}: {title}")
