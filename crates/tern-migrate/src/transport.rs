@@ -265,9 +265,12 @@ impl Link {
         other: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> Result<(bool, bool), MigrateError> {
-        if !self.r.buffer().is_empty() || self.tls_pending() {
-            return Ok((true, false));
-        }
+        // Bytes already read off the socket are a message ready; the other
+        // fd is still polled (without waiting), so that under a steady
+        // stream it is never starved: post-copy's page faults must be seen
+        // while pushed pages keep arriving.
+        let buffered = !self.r.buffer().is_empty() || self.tls_pending();
+        let timeout = if buffered { Duration::ZERO } else { timeout };
         let sock = match &self.sock {
             Socket::Tcp(s) => s.as_fd(),
             #[cfg(test)]
@@ -287,7 +290,7 @@ impl Link {
         }
         // A hang-up or error counts as readable: the read then reports it.
         let ready = |f: &PollFd<'_>| !f.revents().is_empty();
-        Ok((ready(&fds[0]), fds.get(1).is_some_and(ready)))
+        Ok((buffered || ready(&fds[0]), fds.get(1).is_some_and(ready)))
     }
 
     /// True when TLS holds decrypted bytes not read yet (records read off
