@@ -160,6 +160,26 @@ impl LazyMemory {
         }
     }
 
+    /// The runs `[start, end)` of pages in `[first, first + count)` not
+    /// placed yet.
+    fn unplaced_runs(&self, first: u32, count: u32) -> Vec<(u32, u32)> {
+        let mut runs = Vec::new();
+        let mut i = first;
+        while i < first + count {
+            if self.is_placed(i) {
+                i += 1;
+                continue;
+            }
+            let mut end = i + 1;
+            while end < first + count && !self.is_placed(end) {
+                end += 1;
+            }
+            runs.push((i, end));
+            i = end;
+        }
+        runs
+    }
+
     /// Places `bytes` (whole pages) from page `first`, waking whoever waits
     /// on them; pages placed before keep their bytes. Returns the pages
     /// newly placed.
@@ -172,20 +192,10 @@ impl LazyMemory {
         let before = self.left;
         // Place only runs of pages not placed yet: the rest are the guest's
         // now, and it may have written them.
-        let mut i = first;
-        while i < first + count {
-            if self.is_placed(i) {
-                i += 1;
-                continue;
-            }
-            let mut end = i + 1;
-            while end < first + count && !self.is_placed(end) {
-                end += 1;
-            }
+        for (i, end) in self.unplaced_runs(first, count) {
             let src = &bytes[(i - first) as usize * PAGE..(end - first) as usize * PAGE];
             self.missing.copy(self.base + i as usize * PAGE, src)?;
             self.mark(i, end - i);
-            i = end;
         }
         Ok(before - self.left)
     }
@@ -194,20 +204,10 @@ impl LazyMemory {
     pub fn place_zero(&mut self, first: u32, count: u32) -> io::Result<u32> {
         self.range_ok(first, count)?;
         let before = self.left;
-        let mut i = first;
-        while i < first + count {
-            if self.is_placed(i) {
-                i += 1;
-                continue;
-            }
-            let mut end = i + 1;
-            while end < first + count && !self.is_placed(end) {
-                end += 1;
-            }
+        for (i, end) in self.unplaced_runs(first, count) {
             self.missing
                 .zero(self.base + i as usize * PAGE, (end - i) as usize * PAGE)?;
             self.mark(i, end - i);
-            i = end;
         }
         Ok(before - self.left)
     }
