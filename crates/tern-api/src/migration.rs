@@ -90,7 +90,8 @@ pub struct Report {
 /// How a post-copy migration's memory followed the guest.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PostcopyReport {
-    /// Pages the guest touched before they arrived (fetched on demand).
+    /// Pages the destination saw the guest wait for (fetched on demand; a
+    /// fault the push resolved before it was read is not counted).
     pub faults: u64,
     /// Fault service time at the destination (fault to page in place),
     /// milliseconds: median.
