@@ -876,11 +876,10 @@ fn postcopy_resumes_first_and_the_output_is_whole() {
     let requested = pc["pages_requested"].as_u64().unwrap();
     let pushed = pc["pages_pushed"].as_u64().unwrap();
     // Every page came over exactly once, asked for or pushed (on loopback
-    // the push may outrun the guest: a guest that touched a page first
-    // asked for it; over a slow link below it always does).
+    // the push may outrun the guest, and a page asked for may already be on
+    // its way; over a slow link below the guest always has to ask).
     let pages = r["memory_bytes"].as_u64().unwrap() / 4096;
     assert_eq!(requested + pushed, pages, "{r}");
-    assert_eq!(pc["faults"].as_u64().unwrap() > 0, requested > 0, "{r}");
     assert!(pc["all_local_ms"].as_f64().unwrap() > 0.0, "{r}");
     let (code, log) = wait_and_log(&b, &id);
     assert_eq!(code, "0");
