@@ -635,8 +635,9 @@ mod netns {
         let r = migrate(&n[0], &id, &n[1], "postcopy");
         eprintln!("post-copy over 100 Mbit/s: {r}");
         let pc = &r["postcopy"];
+        // (The pages asked for may have been queued behind the push
+        // already, so `pages_requested` can be 0: the faults are the proof.)
         assert!(pc["faults"].as_u64().unwrap() >= 1, "{r}");
-        assert!(pc["pages_requested"].as_u64().unwrap() >= 1, "{r}");
         assert!(pc["all_local_ms"].as_f64().unwrap() > 1000.0, "{r}");
         // The switch came before the memory: downtime is a small part of
         // the whole.
