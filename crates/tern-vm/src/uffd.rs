@@ -556,10 +556,7 @@ mod imp {
         /// returns how many bytes were placed.
         pub(crate) fn copy(&self, dst: usize, src: &[u8]) -> io::Result<usize> {
             self.check(dst, src.len())?;
-            let page = host_page();
-            let mut done = 0;
-            let mut placed = 0;
-            while done < src.len() {
+            place_all(src.len(), |done| {
                 let mut c = UffdioCopy {
                     dst: (dst + done) as u64,
                     src: src[done..].as_ptr() as u64,
@@ -572,30 +569,15 @@ mod imp {
                 // `src[done..]`, borrowed for the call, and writes only into
                 // the registered range (checked above).
                 let r = unsafe { ioctl(&self.fd, UFFDIO_COPY, &mut c) };
-                let copied = c.copy.max(0) as usize;
-                done += copied;
-                placed += copied;
-                match r {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        // The page at `done` is there already: skip it.
-                        done += page;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(placed)
+                (r, c.copy)
+            })
         }
 
         /// Places zero pages over `[dst, dst + len)`, as [`Missing::copy`]
         /// does with bytes.
         pub(crate) fn zero(&self, dst: usize, len: usize) -> io::Result<usize> {
             self.check(dst, len)?;
-            let page = host_page();
-            let mut done = 0;
-            let mut placed = 0;
-            while done < len {
+            place_all(len, |done| {
                 let mut z = UffdioZeropage {
                     range: UffdioRange {
                         start: (dst + done) as u64,
@@ -608,18 +590,36 @@ mod imp {
                 // uffdio_zeropage` and maps zero pages only into the
                 // registered range (checked above).
                 let r = unsafe { ioctl(&self.fd, UFFDIO_ZEROPAGE, &mut z) };
-                let zeroed = z.zeropage.max(0) as usize;
-                done += zeroed;
-                placed += zeroed;
-                match r {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => done += page,
-                    Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(placed)
+                (r, z.zeropage)
+            })
         }
+    }
+
+    /// Runs `place(done)` (one UFFDIO_COPY or ZEROPAGE from byte `done`,
+    /// returning the ioctl's result and the bytes it placed) until `len`
+    /// bytes are covered: a page already there (EEXIST) is skipped, a
+    /// partial placement (EAGAIN) goes on. Returns the bytes placed.
+    fn place_all(
+        len: usize,
+        mut place: impl FnMut(usize) -> (io::Result<c_int>, i64),
+    ) -> io::Result<usize> {
+        let page = host_page();
+        let mut done = 0;
+        let mut placed = 0;
+        while done < len {
+            let (r, n) = place(done);
+            let n = n.max(0) as usize;
+            done += n;
+            placed += n;
+            match r {
+                Ok(_) => {}
+                // The page at `done` is there already: skip it.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => done += page,
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(placed)
     }
 
     impl Drop for Missing {
